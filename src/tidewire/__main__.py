@@ -1,0 +1,5 @@
+"""python -m tidewire: the command line."""
+
+from tidewire.apps.cli.main import main
+
+raise SystemExit(main())

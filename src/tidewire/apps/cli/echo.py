@@ -1,0 +1,67 @@
+"""``tidewire echo``: an echo server (text and binary, compression on, 16 MiB messages)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import signal
+from typing import Any
+
+import tidewire
+from tidewire.transport import WebSocket
+
+__all__ = ["register", "run", "echo_handler", "ECHO_MAX_MESSAGE_SIZE"]
+
+#: Autobahn's 9.x cases send messages up to 16 MiB.
+ECHO_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+
+async def echo_handler(ws: WebSocket) -> None:
+    """Send every message back as it came (text as text, binary as binary)."""
+    async for message in ws:
+        await ws.send(message)
+
+
+def register(sub: Any) -> None:
+    """Add the ``echo`` subcommand."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "echo", help="run an echo server (for tests and Autobahn)"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--max-message-size", type=int, default=ECHO_MAX_MESSAGE_SIZE)
+    parser.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
+    parser.set_defaults(func=run)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, request_stop)
+    server = await tidewire.serve(
+        echo_handler,
+        args.host,
+        args.port,
+        max_message_size=args.max_message_size,
+        ping_interval=None,
+    )
+    print(f"tidewire echo server listening on {server.url}", flush=True)
+    await stop
+    await server.shutdown(spread=0.0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the echo server until Ctrl-C or SIGTERM."""
+    if args.uvloop:
+        importlib.import_module("uvloop").install()
+    asyncio.run(_serve(args))
+    return 0

@@ -1,0 +1,135 @@
+"""Pure-Python twins of the C accelerator in ``_speedups.c``.
+
+Every function here returns exactly what its C twin returns on every input, and raises
+the same exception types.  Import the chosen implementation from
+:mod:`tidewire.protocol._accel`, not from here.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from tidewire._types import BytesLike
+
+__all__ = ["apply_mask", "utf8_check", "utf8_valid"]
+
+_BAD_STATE = "invalid UTF-8 validator state"
+
+
+def _byte_view(obj: BytesLike) -> memoryview:
+    """Return a flat unsigned-byte view of a C-contiguous buffer (as PyBUF_SIMPLE does)."""
+    view = memoryview(obj)
+    if not view.c_contiguous:
+        raise BufferError("a C-contiguous buffer is required")
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view
+
+
+def apply_mask(data: BytesLike, mask: BytesLike, offset: int = 0) -> bytes:
+    """Return ``data`` with byte ``i`` XORed with ``mask[(i + offset) % 4]`` (RFC 6455 5.3).
+
+    ``mask`` must be exactly 4 bytes.  ``offset`` is the number of payload bytes already
+    processed, so a payload can be unmasked in pieces as it arrives.
+    """
+    view = _byte_view(data)
+    key = _byte_view(mask)
+    if key.nbytes != 4:
+        raise ValueError(f"mask must be exactly 4 bytes, got {key.nbytes}")
+    rot = operator.index(offset) & 3  # == offset % 4, also for negative offsets
+    size = view.nbytes
+    if size == 0:
+        return b""
+    raw = key.tobytes()
+    raw = raw[rot:] + raw[:rot]
+    # One big-integer XOR over the whole buffer beats a per-byte loop by a wide margin.
+    stream = (raw * ((size + 3) >> 2))[:size]
+    value = int.from_bytes(view, "big") ^ int.from_bytes(stream, "big")
+    return value.to_bytes(size, "big")
+
+
+def _lead_info(lead: int) -> tuple[int, int, int]:
+    """Return (sequence length, low, high bound of the second byte) for a lead byte.
+
+    The length is 0 for a byte that can never start a multi-byte sequence.  Ranges are
+    RFC 3629 section 4: they exclude overlongs, surrogates and code points > U+10FFFF.
+    """
+    if 0xC2 <= lead <= 0xDF:
+        return 2, 0x80, 0xBF
+    if 0xE0 <= lead <= 0xEF:
+        return 3, 0xA0 if lead == 0xE0 else 0x80, 0x9F if lead == 0xED else 0xBF
+    if 0xF0 <= lead <= 0xF4:
+        return 4, 0x90 if lead == 0xF0 else 0x80, 0x8F if lead == 0xF4 else 0xBF
+    return 0, 0, 0
+
+
+def _pending_state(tail: bytes) -> int:
+    """Return the state for an incomplete sequence ``tail``, or -1 if it is impossible."""
+    size = len(tail)
+    length, low, high = _lead_info(tail[0])
+    if not size < length:
+        return -1
+    if size > 1 and not low <= tail[1] <= high:
+        return -1
+    if size > 2 and not 0x80 <= tail[2] <= 0xBF:
+        return -1
+    return (size << 24) | int.from_bytes(tail, "big")
+
+
+def _check_from_boundary(view: memoryview) -> int:
+    """utf8_check for data that starts on a character boundary."""
+    try:
+        str(view, "utf-8")
+    except UnicodeDecodeError as exc:
+        # The strict codec stops at the first error.  If that error is a sequence cut off
+        # by the end of the data (exc.end == len and reason "unexpected end of data"),
+        # everything before exc.start is valid and the verdict is that of the tail; the
+        # RFC 3629 table is the authority on whether the tail is a valid prefix.
+        size = view.nbytes
+        if exc.end == size and 1 <= size - exc.start <= 3:
+            return _pending_state(view[exc.start :].tobytes())
+        return -1
+    return 0
+
+
+def utf8_check(data: BytesLike, state: int = 0) -> int:
+    """Validate one more chunk of a UTF-8 stream, strictly and fail-fast (RFC 3629).
+
+    ``state`` is 0 (character boundary), -1 (already invalid) or
+    ``(len(pending) << 24) | int.from_bytes(pending, "big")`` for the 1..3 leading bytes of
+    a sequence that is valid so far.  Returns -1 as soon as the bytes seen so far cannot
+    start valid UTF-8, otherwise the new state; a message is valid when the last call
+    returns exactly 0.
+    """
+    view = _byte_view(data)
+    state = operator.index(state)
+    if state == 0:
+        return _check_from_boundary(view)
+    if state == -1:
+        return -1
+    length = state >> 24
+    if state < 0 or not 1 <= length <= 3 or (state & 0xFFFFFF) >> (8 * length):
+        raise ValueError(_BAD_STATE)
+    pending = (state & 0xFFFFFF).to_bytes(length, "big")
+    if _pending_state(pending) != state:
+        raise ValueError(_BAD_STATE)
+    # Complete the pending sequence from the head of data, then go on from a boundary.
+    need = _lead_info(pending[0])[0] - length
+    head = pending + view[:need].tobytes()
+    if len(head) < length + need:
+        return _pending_state(head)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return -1
+    return _check_from_boundary(view[need:])
+
+
+def utf8_valid(data: BytesLike) -> bool:
+    """Return True if ``data`` is complete, strictly valid UTF-8 (RFC 3629)."""
+    view = _byte_view(data)
+    try:
+        str(view, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

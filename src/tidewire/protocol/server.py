@@ -1,0 +1,164 @@
+"""Server side of the opening handshake (RFC 6455 section 4.2), then a Connection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from tidewire._types import BytesLike
+from tidewire.errors import HandshakeError
+from tidewire.protocol import http
+from tidewire.protocol.connection import Connection, MessageCodec, Side, State
+from tidewire.protocol.extensions import ServerExtensionFactory, negotiate_server
+from tidewire.protocol.handshake import (
+    build_accept_response,
+    build_reject_response,
+    check_request,
+    parse_subprotocol_header,
+    select_subprotocol,
+)
+from tidewire.protocol.http import Headers, Request, Response
+
+__all__ = ["ServerProtocol"]
+
+
+class ServerProtocol(Connection):
+    """A server connection that starts in CONNECTING and parses the opening request.
+
+    ``receive_data`` first collects the request head; once complete it is
+    available as :attr:`request` (and the driver decides: :meth:`accept` for
+    an upgrade, or :meth:`send_response` for any other answer).  Bytes that
+    followed the head are kept and parsed as frames after :meth:`accept`.
+    A malformed head sets :attr:`handshake_error` and queues the error
+    response (400, 426 or 431, with a one-line reason).
+    """
+
+    __slots__ = (
+        "request",
+        "response",
+        "handshake_error",
+        "subprotocol",
+        "_factories",
+        "_subprotocols",
+        "_select",
+        "_head",
+        "_max_line",
+        "_max_headers",
+        "_max_head",
+    )
+
+    def __init__(
+        self,
+        *,
+        extensions: Sequence[ServerExtensionFactory] = (),
+        subprotocols: Sequence[str] | None = None,
+        select_subprotocol: Callable[[Sequence[str]], str | None] | None = None,
+        max_line: int = http.MAX_LINE_BYTES,
+        max_headers: int = http.MAX_HEADERS,
+        max_head: int = http.MAX_HEADER_BYTES,
+        **options: Any,
+    ) -> None:
+        """``extensions`` are factories offered to the client, ``subprotocols`` the
+        ones supported in order of preference; other options go to :class:`Connection`.
+        """
+        super().__init__(Side.SERVER, state=State.CONNECTING, **options)
+        self.request: Request | None = None
+        self.response: Response | None = None
+        self.handshake_error: HandshakeError | None = None
+        self.subprotocol: str | None = None
+        self._factories = list(extensions)
+        self._subprotocols = list(subprotocols or ())
+        self._select = select_subprotocol
+        self._head = bytearray()
+        self._max_line = max_line
+        self._max_headers = max_headers
+        self._max_head = max_head
+
+    def receive_data(self, data: BytesLike) -> None:
+        """Feed bytes: the request head while CONNECTING, frames once OPEN."""
+        if self.state is not State.CONNECTING:
+            Connection.receive_data(self, data)
+            return
+        if self.request is not None or self.handshake_error is not None:
+            self._head += data  # pipelined bytes wait for accept()
+            return
+        self._head += data
+        try:
+            parsed = http.parse_request(
+                self._head,
+                max_line=self._max_line,
+                max_headers=self._max_headers,
+                max_head=self._max_head,
+            )
+        except HandshakeError as exc:
+            self.handshake_error = exc
+            self._head.clear()
+            self.send_response(build_reject_response(exc.status, str(exc)))
+            return
+        if parsed is not None:
+            self.request, used = parsed
+            del self._head[:used]
+
+    def accept(self, request: Request | None = None, *, headers: Headers | None = None) -> Response:
+        """Validate the upgrade request, negotiate, and queue the 101 response.
+
+        Raises :class:`HandshakeError` (and queues the matching error response)
+        when the request is not a valid WebSocket opening handshake.
+        """
+        request = request or self.request
+        if request is None:
+            raise HandshakeError("no request received yet", 400)
+        try:
+            key = check_request(request)
+            offered = parse_subprotocol_header(request.headers.get_all("Sec-WebSocket-Protocol"))
+            ext_header, extensions = negotiate_server(
+                request.headers.get_all("Sec-WebSocket-Extensions"), self._factories
+            )
+        except ValueError as exc:
+            error = HandshakeError(f"bad handshake header: {exc}", 400)
+            self.reject(error)
+            raise error from None
+        except HandshakeError as exc:
+            self.reject(exc)
+            raise
+        if self._select is not None:
+            subprotocol = self._select(offered)
+        else:
+            subprotocol = select_subprotocol(offered, self._subprotocols)
+        self.subprotocol = subprotocol
+        response = build_accept_response(
+            key, subprotocol=subprotocol, extensions=ext_header, extra_headers=headers
+        )
+        self.extensions = list(extensions)
+        codec = None
+        for ext in extensions:
+            if getattr(ext, "rsv1", False):
+                codec = cast(MessageCodec, ext)
+        self._codec = codec
+        self.response = response
+        self._out.append(response.serialize())
+        self.state = State.OPEN
+        pending = bytes(self._head)
+        self._head.clear()
+        if pending:
+            Connection.receive_data(self, pending)
+        return response
+
+    def reject(self, error: HandshakeError) -> Response:
+        """Queue the error response for ``error`` (its status and one-line reason)."""
+        self.handshake_error = error
+        return self.send_response(build_reject_response(error.status, str(error)))
+
+    def send_response(self, response: Response) -> Response:
+        """Queue any non-101 response; the connection is then done (Connection: close)."""
+        self.response = response
+        self._out.append(response.serialize())
+        self._discard = True
+        self.state = State.CLOSED
+        return response
+
+    def close_expected(self) -> bool:
+        """After a non-101 answer, the server closes the TCP connection at once."""
+        if self.response is not None and self.response.status != 101:
+            return True
+        return Connection.close_expected(self)
