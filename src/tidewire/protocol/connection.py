@@ -537,8 +537,10 @@ class Connection:
             raise ValueError(f"close code {code} may not be sent")
         if len(reason.encode()) > MAX_REASON_BYTES:
             raise ValueError("close reason longer than 123 bytes in UTF-8")
-        if self.close_sent is not None or self.state is State.CLOSED:
-            raise InvalidState("the close frame was already sent")
+        if self.close_sent is not None or self.state is not State.OPEN:
+            # CONNECTING too: a close frame before the handshake completes would
+            # reach the peer ahead of (or instead of) the 101 response.
+            raise InvalidState(f"cannot send a close frame: connection is {self.state.name}")
         close = Close(code, reason)
         self.close_sent = close
         self._out.append(self._frame(Opcode.CLOSE, close.serialize()))
@@ -550,12 +552,20 @@ class Connection:
         """Fail the connection (section 7.1.7): send a close frame if none was sent yet.
 
         Further input is discarded; :meth:`close_expected` becomes true.  The
-        reason is shortened to fit the 123 bytes a close frame allows.
+        reason is shortened to fit the 123 bytes a close frame allows.  ``code``
+        must be sendable, as for :meth:`send_close`; otherwise ValueError.  While
+        CONNECTING there is nothing to close: the state becomes CLOSED.
         """
+        if not is_sendable_code(code):
+            # Section 7.4.1: 1005, 1006 and 1015 MUST NOT be sent in a close frame.
+            raise ValueError(f"close code {code} may not be sent")
         self._discard = True
         if self.failure is None:
             self.failure = ProtocolError(reason or f"connection failed with {code}", code)
-        if self.close_sent is None and self.state is not State.CLOSED:
+        if self.state is State.CONNECTING:
+            # No WebSocket yet, so no close frame: the TCP connection just ends.
+            self.state = State.CLOSED
+        if self.close_sent is None and self.state is State.OPEN:
             close = Close(code, Close.truncate_reason(reason))
             self.close_sent = close
             self._out.append(self._frame(Opcode.CLOSE, close.serialize()))

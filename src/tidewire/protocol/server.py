@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from tidewire._types import BytesLike
-from tidewire.errors import HandshakeError
+from tidewire.errors import HandshakeError, InvalidState
 from tidewire.protocol import http
 from tidewire.protocol.connection import Connection, MessageCodec, Side, State
 from tidewire.protocol.extensions import ServerExtensionFactory, negotiate_server
@@ -103,8 +103,12 @@ class ServerProtocol(Connection):
         """Validate the upgrade request, negotiate, and queue the 101 response.
 
         Raises :class:`HandshakeError` (and queues the matching error response)
-        when the request is not a valid WebSocket opening handshake.
+        when the request is not a valid WebSocket opening handshake, and
+        :class:`InvalidState` once the request was already answered.
         """
+        if self.state is not State.CONNECTING:
+            # A second 101 (or one after an error response) would corrupt the stream.
+            raise InvalidState(f"cannot accept: connection is {self.state.name}")
         request = request or self.request
         if request is None:
             raise HandshakeError("no request received yet", 400)
@@ -146,11 +150,17 @@ class ServerProtocol(Connection):
 
     def reject(self, error: HandshakeError) -> Response:
         """Queue the error response for ``error`` (its status and one-line reason)."""
+        response = self.send_response(build_reject_response(error.status, str(error)))
         self.handshake_error = error
-        return self.send_response(build_reject_response(error.status, str(error)))
+        return response
 
     def send_response(self, response: Response) -> Response:
-        """Queue any non-101 response; the connection is then done (Connection: close)."""
+        """Queue any non-101 response; the connection is then done (Connection: close).
+
+        Raises :class:`InvalidState` once the request was already answered.
+        """
+        if self.state is not State.CONNECTING:
+            raise InvalidState(f"cannot send an HTTP response: connection is {self.state.name}")
         self.response = response
         self._out.append(response.serialize())
         self._discard = True

@@ -12,6 +12,7 @@ from tidewire.errors import HandshakeError
 from tidewire.protocol.client import ClientProtocol
 from tidewire.protocol.connection import State
 from tidewire.protocol.deflate import ClientDeflateFactory
+from tidewire.protocol.extensions import ClientExtensionFactory
 from tidewire.protocol.http import Headers
 from tidewire.transport.connection import WebSocket
 from tidewire.transport.options import Options
@@ -66,7 +67,7 @@ class ClientConnection(WebSocket):
             if self.transport is not None:
                 self.transport.abort()
             return
-        if cast(State, proto.state) is State.OPEN:
+        if cast(State, proto.state) is not State.CONNECTING:
             self.response = proto.response
             if not self.opened.done():
                 self.opened.set_result(None)
@@ -113,6 +114,7 @@ class _Connect:
         subprotocols: Sequence[str] | None = kwargs.pop("subprotocols", None)
         headers = kwargs.pop("headers", None)
         sock = kwargs.pop("sock", None)
+        custom_extensions: Sequence[ClientExtensionFactory] | None = kwargs.pop("extensions", None)
         options = Options.from_kwargs(kwargs)
         if kwargs:
             raise TypeError(f"unknown option(s): {', '.join(sorted(kwargs))}")
@@ -127,8 +129,10 @@ class _Connect:
             host_header = f"[{host}]"
         elif ":" in host:
             host_header = f"[{host}]:{port}"
-        factories = []
-        if options.compression:
+        factories: list[ClientExtensionFactory] = []
+        if custom_extensions is not None:
+            factories = list(custom_extensions)
+        elif options.compression:
             factories.append(
                 ClientDeflateFactory(
                     client_max_window_bits=True,
@@ -185,7 +189,9 @@ def connect(uri: str, **kwargs: Any) -> _Connect:
     """Connect to a WebSocket server; ``await`` it or use ``async with``.
 
     Keyword arguments: ``ssl`` (an SSLContext for wss), ``origin``,
-    ``subprotocols``, ``headers`` (extra request headers), ``sock``, and any
+    ``subprotocols``, ``headers`` (extra request headers), ``sock``,
+    ``extensions`` (client extension factories, replacing the default
+    permessage-deflate offer), and any
     :class:`~tidewire.transport.options.Options` field.
     """
     return _Connect(uri, kwargs)

@@ -32,6 +32,13 @@ def register(sub: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     parser.add_argument("--max-message-size", type=int, default=ECHO_MAX_MESSAGE_SIZE)
+    parser.add_argument(
+        "--compression-threshold",
+        type=int,
+        default=0,
+        help="compress messages of at least this many bytes (default 0: all; kosoku's "
+        "12.x.1 and 13.x.1 cases mishandle uncompressed messages in a compressed session)",
+    )
     parser.add_argument("--uvloop", action="store_true", help="use uvloop if installed")
     parser.set_defaults(func=run)
 
