@@ -16,7 +16,16 @@ from types import ModuleType
 
 from tidewire.protocol import _purepy
 
-__all__ = ["HAS_SPEEDUPS", "IMPLEMENTATIONS", "apply_mask", "utf8_check", "utf8_valid"]
+__all__ = [
+    "HAS_SPEEDUPS",
+    "IMPLEMENTATIONS",
+    "alloc_buffer",
+    "apply_mask",
+    "parse_frames",
+    "unmask_into",
+    "utf8_check",
+    "utf8_valid",
+]
 
 IMPLEMENTATIONS: dict[str, ModuleType] = {"python": _purepy}
 
@@ -31,6 +40,20 @@ if os.environ.get("TIDEWIRE_NO_SPEEDUPS", "") in ("", "0"):
 HAS_SPEEDUPS: bool = "c" in IMPLEMENTATIONS
 
 if HAS_SPEEDUPS:
-    from tidewire.protocol._speedups import apply_mask, utf8_check, utf8_valid
+    from tidewire.protocol._speedups import (
+        alloc_buffer,
+        apply_mask,
+        parse_frames,
+        unmask_into,
+        utf8_check,
+        utf8_valid,
+    )
 else:
-    from tidewire.protocol._purepy import apply_mask, utf8_check, utf8_valid
+    from tidewire.protocol._purepy import (
+        alloc_buffer,
+        apply_mask,
+        parse_frames,
+        unmask_into,
+        utf8_check,
+        utf8_valid,
+    )

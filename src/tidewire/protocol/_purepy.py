@@ -8,10 +8,18 @@ the same exception types.  Import the chosen implementation from
 from __future__ import annotations
 
 import operator
+import struct
 
 from tidewire._types import BytesLike
 
-__all__ = ["apply_mask", "utf8_check", "utf8_valid"]
+__all__ = [
+    "alloc_buffer",
+    "apply_mask",
+    "parse_frames",
+    "unmask_into",
+    "utf8_check",
+    "utf8_valid",
+]
 
 _BAD_STATE = "invalid UTF-8 validator state"
 
@@ -133,3 +141,97 @@ def utf8_valid(data: BytesLike) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+_unpack_h = struct.Struct("!H").unpack_from
+_unpack_q = struct.Struct("!Q").unpack_from
+
+
+def parse_frames(
+    buf: BytesLike, pos: int, masked: bool, limit: int
+) -> tuple[list[str | bytes], int]:
+    """Parse complete, unfragmented, uncompressed text and binary frames from ``pos``.
+
+    Takes every frame with FIN set, RSV clear, opcode 1 or 2, the mask bit equal
+    to ``masked``, a payload of at most ``limit`` bytes (``limit < 0``: no limit)
+    and its whole payload present; text is decoded as strict UTF-8.  Stops at
+    the first frame that does not qualify, leaving it to the caller.
+    """
+    if not 0 <= pos <= len(buf):
+        raise ValueError("pos out of range")
+    data = buf if isinstance(buf, bytes | bytearray) else bytes(buf)
+    items: list[str | bytes] = []
+    end = len(data)
+    while end - pos >= 2:
+        b0 = data[pos]
+        if b0 & 0xF0 != 0x80:
+            break
+        opcode = b0 & 0x0F
+        if opcode != 1 and opcode != 2:
+            break
+        b1 = data[pos + 1]
+        if bool(b1 & 0x80) is not bool(masked):
+            break
+        length = b1 & 0x7F
+        hlen = 2
+        if length == 126:
+            if end - pos < 4:
+                break
+            length = _unpack_h(data, pos + 2)[0]
+            hlen = 4
+        elif length == 127:
+            if end - pos < 10:
+                break
+            length = _unpack_q(data, pos + 2)[0]
+            if length >> 63:
+                break
+            hlen = 10
+        if masked:
+            hlen += 4
+        if end - pos < hlen or (0 <= limit < length) or end - pos - hlen < length:
+            break
+        start = pos + hlen
+        payload = bytes(data[start : start + length])
+        if masked:
+            payload = apply_mask(payload, data[start - 4 : start])
+        if opcode == 1:
+            try:
+                items.append(payload.decode())
+            except UnicodeDecodeError:
+                break
+        else:
+            items.append(payload)
+        pos = start + length
+    return items, pos
+
+
+def unmask_into(
+    dest: bytearray | memoryview,
+    dest_offset: int,
+    data: BytesLike,
+    mask: BytesLike | None,
+    offset: int,
+    utf8_state: int | None = None,
+) -> int | None:
+    """Write ``data`` XOR ``mask`` (rotated by ``offset``) into ``dest`` at ``dest_offset``.
+
+    ``mask`` None copies ``data`` unchanged; ValueError when it does not fit.
+    With ``utf8_state`` given, returns the :func:`utf8_check` state after
+    validating the bytes written; otherwise None.
+    """
+    size = len(data)
+    if dest_offset < 0 or size > len(dest) - dest_offset:
+        raise ValueError("unmask_into: data does not fit in dest")
+    if mask is not None:
+        data = apply_mask(data, mask, offset)
+    dest[dest_offset : dest_offset + size] = data
+    if utf8_state is None:
+        return None
+    return utf8_check(data, utf8_state)
+
+
+def alloc_buffer(n: int) -> bytearray:
+    """A bytearray of ``n`` bytes for the caller to overwrite (zeroed here; unspecified in C)."""
+    if n < 0:
+        raise ValueError("alloc_buffer: negative size")
+    return bytearray(n)

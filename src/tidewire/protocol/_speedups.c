@@ -472,47 +472,31 @@ PyDoc_STRVAR(utf8_check_doc,
 "the next chunk: (len(pending) << 24) | int.from_bytes(pending, 'big').\n"
 "A state of -1 returns -1.");
 
+/* Validate s[0:n] continuing from the Python-level state object; returns the
+ * new state as a Python int (-1 invalid), or NULL with an exception set. */
 static PyObject *
-speedups_utf8_check(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames)
+utf8_check_run(PyObject *state_obj, const unsigned char *s, Py_ssize_t n)
 {
-    static const char *const names[] = {"data", "state"};
-    PyObject *argv[2];
-    Py_buffer view;
     unsigned char pending[3];
     int plen, rc, k;
     utf8_state st = {0, 0x80, 0xBF};
-    const unsigned char *s;
-    Py_ssize_t n, tail;
+    Py_ssize_t tail;
     unsigned long value;
 
-    (void)module;
-    if (bind_args("utf8_check", args, nargs, kwnames, names, 2, 1, argv) < 0) {
-        return NULL;
-    }
-    if (PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
-    }
-    rc = utf8_parse_state(argv[1], pending, &plen);
+    rc = utf8_parse_state(state_obj, pending, &plen);
     if (rc < 0) {
-        PyBuffer_Release(&view);
         return NULL;
     }
     if (rc == 1) {
-        PyBuffer_Release(&view);
         return PyLong_FromLong(-1);
     }
     for (k = 0; k < plen; k++) {
         (void)utf8_step(&st, pending[k]);     /* validated by the parser */
     }
-    s = (const unsigned char *)view.buf;
-    n = view.len;
     if (!utf8_run(&st, s, n)) {
-        PyBuffer_Release(&view);
         return PyLong_FromLong(-1);
     }
     if (st.need == 0) {
-        PyBuffer_Release(&view);
         return PyLong_FromLong(0);
     }
     /* Open sequence: it is the trailing continuation bytes of data plus the
@@ -539,8 +523,28 @@ speedups_utf8_check(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
         }
         rc = plen + (int)n;
     }
-    PyBuffer_Release(&view);
     return PyLong_FromUnsignedLong(((unsigned long)rc << 24) | value);
+}
+
+static PyObject *
+speedups_utf8_check(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                    PyObject *kwnames)
+{
+    static const char *const names[] = {"data", "state"};
+    PyObject *argv[2];
+    Py_buffer view;
+    PyObject *result;
+
+    (void)module;
+    if (bind_args("utf8_check", args, nargs, kwnames, names, 2, 1, argv) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    result = utf8_check_run(argv[1], (const unsigned char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    return result;
 }
 
 PyDoc_STRVAR(utf8_valid_doc,
@@ -571,6 +575,280 @@ speedups_utf8_valid(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
     return PyBool_FromLong(ok);
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* Frame parsing: the common case in C                                      */
+/* ------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(parse_frames_doc,
+"parse_frames(buf, pos, masked, limit)\n"
+"--\n"
+"\n"
+"Parse complete, unfragmented, uncompressed text and binary frames.\n"
+"\n"
+"Starting at pos, take every frame with FIN set, RSV bits clear, opcode 1\n"
+"or 2, the mask bit equal to masked, a payload length <= limit (limit < 0:\n"
+"no limit) and its whole payload in buf.  Text payloads are decoded as\n"
+"strict UTF-8.  Stops at the first frame that does not qualify (incomplete,\n"
+"control, fragmented, compressed, too long, or invalid UTF-8), leaving it\n"
+"to the caller.  Returns (list of str or bytes, new pos).");
+
+#define SMALL_PAYLOAD 512
+
+static PyObject *
+speedups_parse_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t pos, limit, n;
+    int masked;
+    const unsigned char *p;
+    PyObject *items, *item, *result;
+    unsigned char small[SMALL_PAYLOAD];
+
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "parse_frames() takes exactly 4 arguments");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    masked = PyObject_IsTrue(args[2]);
+    if (masked < 0) {
+        return NULL;
+    }
+    limit = PyLong_AsSsize_t(args[3]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    n = view.len;
+    if (pos < 0 || pos > n) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "pos out of range");
+        return NULL;
+    }
+    p = (const unsigned char *)view.buf;
+    items = PyList_New(0);
+    if (items == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    while (n - pos >= 2) {
+        unsigned int b0 = p[pos], b1 = p[pos + 1], op;
+        uint64_t len;
+        Py_ssize_t hl = 2, start;
+        const unsigned char *payload;
+
+        if ((b0 & 0xF0u) != 0x80u) {
+            break;  /* FIN clear or RSV set */
+        }
+        op = b0 & 0x0Fu;
+        if (op != 1u && op != 2u) {
+            break;
+        }
+        if (((b1 & 0x80u) != 0) != (masked != 0)) {
+            break;
+        }
+        len = b1 & 0x7Fu;
+        if (len == 126u) {
+            if (n - pos < 4) {
+                break;
+            }
+            len = ((uint64_t)p[pos + 2] << 8) | p[pos + 3];
+            hl = 4;
+        }
+        else if (len == 127u) {
+            int k;
+            if (n - pos < 10) {
+                break;
+            }
+            len = 0;
+            for (k = 0; k < 8; k++) {
+                len = (len << 8) | p[pos + 2 + k];
+            }
+            if (len >> 63) {
+                break;
+            }
+            hl = 10;
+        }
+        if (masked) {
+            hl += 4;
+        }
+        if (n - pos < hl) {
+            break;
+        }
+        if (limit >= 0 && len > (uint64_t)limit) {
+            break;
+        }
+        if (len > (uint64_t)(n - pos - hl)) {
+            break;
+        }
+        start = pos + hl;
+        payload = p + start;
+        if (op == 1u) {
+            if (masked) {
+                unsigned char *tmp = small;
+                PyObject *holder = NULL;
+                if (len > SMALL_PAYLOAD) {
+                    holder = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+                    if (holder == NULL) {
+                        goto error;
+                    }
+                    tmp = (unsigned char *)PyBytes_AS_STRING(holder);
+                }
+                mask_bytes(tmp, payload, (Py_ssize_t)len, p + start - 4);
+                item = PyUnicode_DecodeUTF8((const char *)tmp, (Py_ssize_t)len, NULL);
+                Py_XDECREF(holder);
+            }
+            else {
+                item = PyUnicode_DecodeUTF8((const char *)payload, (Py_ssize_t)len, NULL);
+            }
+            if (item == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+                    PyErr_Clear();
+                    break;  /* the caller reports 1007 */
+                }
+                goto error;
+            }
+        }
+        else {
+            item = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+            if (item == NULL) {
+                goto error;
+            }
+            if (masked) {
+                mask_bytes((unsigned char *)PyBytes_AS_STRING(item), payload,
+                           (Py_ssize_t)len, p + start - 4);
+            }
+            else if (len) {
+                memcpy(PyBytes_AS_STRING(item), payload, (size_t)len);
+            }
+        }
+        if (PyList_Append(items, item) < 0) {
+            Py_DECREF(item);
+            goto error;
+        }
+        Py_DECREF(item);
+        pos = start + (Py_ssize_t)len;
+    }
+    PyBuffer_Release(&view);
+    result = Py_BuildValue("(Nn)", items, pos);
+    return result;
+
+error:
+    PyBuffer_Release(&view);
+    Py_DECREF(items);
+    return NULL;
+}
+
+PyDoc_STRVAR(alloc_buffer_doc,
+"alloc_buffer(n)\n"
+"--\n"
+"\n"
+"Return a bytearray of n bytes whose contents are unspecified (not zeroed):\n"
+"for a buffer the caller overwrites entirely, such as unmask_into's dest.");
+
+static PyObject *
+speedups_alloc_buffer(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t n;
+
+    (void)module;
+    n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "alloc_buffer: negative size");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, n);
+}
+
+PyDoc_STRVAR(unmask_into_doc,
+"unmask_into(dest, dest_offset, data, mask, offset, utf8_state=None)\n"
+"--\n"
+"\n"
+"Write data XOR mask (rotated by offset) into the writable buffer dest at\n"
+"dest_offset; mask None copies data unchanged.  Raises ValueError when it\n"
+"does not fit.  Returns None, or with utf8_state given, the utf8_check state\n"
+"after validating the bytes written.");
+
+static PyObject *
+speedups_unmask_into(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer dest, data, mask;
+    Py_ssize_t off;
+    unsigned int rot;
+    unsigned char m[4];
+    int k, has_mask;
+
+    (void)module;
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "unmask_into() takes 5 or 6 arguments");
+        return NULL;
+    }
+    off = PyLong_AsSsize_t(args[1]);
+    if (off == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    has_mask = args[3] != Py_None;
+    if (has_mask && offset_mod4(args[4], &rot) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &dest, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&dest);
+        return NULL;
+    }
+    if (off < 0 || data.len > dest.len - off) {
+        PyErr_SetString(PyExc_ValueError, "unmask_into: data does not fit in dest");
+        goto fail;
+    }
+    if (has_mask) {
+        if (PyObject_GetBuffer(args[3], &mask, PyBUF_SIMPLE) < 0) {
+            goto fail;
+        }
+        if (mask.len != 4) {
+            PyBuffer_Release(&mask);
+            PyErr_Format(PyExc_ValueError, "mask must be exactly 4 bytes, got %zd", mask.len);
+            goto fail;
+        }
+        for (k = 0; k < 4; k++) {
+            m[k] = ((const unsigned char *)mask.buf)[(k + rot) & 3u];
+        }
+        PyBuffer_Release(&mask);
+        if (data.len) {
+            mask_bytes((unsigned char *)dest.buf + off, (const unsigned char *)data.buf,
+                       data.len, m);
+        }
+    }
+    else if (data.len) {
+        memcpy((unsigned char *)dest.buf + off, data.buf, (size_t)data.len);
+    }
+    if (nargs == 6 && args[5] != Py_None) {
+        PyObject *state = utf8_check_run(args[5], (const unsigned char *)dest.buf + off,
+                                         data.len);
+        PyBuffer_Release(&data);
+        PyBuffer_Release(&dest);
+        return state;
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&dest);
+    Py_RETURN_NONE;
+
+fail:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&dest);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Module                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -582,6 +860,11 @@ static PyMethodDef speedups_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, utf8_check_doc},
     {"utf8_valid", (PyCFunction)(void (*)(void))speedups_utf8_valid,
      METH_FASTCALL | METH_KEYWORDS, utf8_valid_doc},
+    {"parse_frames", (PyCFunction)(void (*)(void))speedups_parse_frames,
+     METH_FASTCALL, parse_frames_doc},
+    {"unmask_into", (PyCFunction)(void (*)(void))speedups_unmask_into,
+     METH_FASTCALL, unmask_into_doc},
+    {"alloc_buffer", (PyCFunction)speedups_alloc_buffer, METH_O, alloc_buffer_doc},
     {NULL, NULL, 0, NULL}
 };
 

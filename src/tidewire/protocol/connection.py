@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 from tidewire._types import BytesLike
 from tidewire.errors import InvalidState, PayloadTooBig, ProtocolError
-from tidewire.protocol._accel import apply_mask, utf8_check
+from tidewire.protocol._accel import (
+    alloc_buffer,
+    apply_mask,
+    parse_frames,
+    unmask_into,
+    utf8_check,
+)
 from tidewire.protocol.close import MAX_REASON_BYTES, Close, CloseCode
 from tidewire.protocol.events import CloseReceived, Event, Message, Ping, Pong
 from tidewire.protocol.frames import MAX_CONTROL_PAYLOAD, MaskSource, Opcode, frame_header
@@ -89,6 +95,9 @@ def is_sendable_code(code: int) -> bool:
 
 _TEXT = 1
 _BINARY = 2
+#: Single-frame messages at least this large are unmasked into one buffer
+#: allocated up front, instead of joining per-read pieces (one copy fewer).
+_ASSEMBLE_MIN = 64 * 1024
 
 
 class Connection:
@@ -119,6 +128,7 @@ class Connection:
         "_msg_deflated",
         "_utf8",
         "_f_rem",
+        "_asm",
         "_f_fin",
         "_f_mask",
         "_f_off",
@@ -177,6 +187,7 @@ class Connection:
         self._utf8 = 0
         # data frame whose payload is still arriving
         self._f_rem = 0
+        self._asm: bytearray | None = None
         self._f_fin = False
         self._f_mask: bytes | None = None
         self._f_off = 0
@@ -272,17 +283,25 @@ class Connection:
                 take = min(self._f_rem, end - pos)
                 chunk = buf[pos : pos + take]
                 pos += take
-                mask = self._f_mask
-                if mask is not None:
-                    chunk = apply_mask(chunk, mask, self._f_off)
-                    self._f_off = (self._f_off + take) & 3
-                elif not isinstance(chunk, bytes):
-                    chunk = bytes(chunk)
                 self._f_rem -= take
-                self._data(chunk, self._f_fin and not self._f_rem, not self._f_rem)
+                if self._asm is not None:
+                    self._assemble(chunk, take)
+                else:
+                    mask = self._f_mask
+                    if mask is not None:
+                        chunk = apply_mask(chunk, mask, self._f_off)
+                        self._f_off = (self._f_off + take) & 3
+                    elif not isinstance(chunk, bytes):
+                        chunk = bytes(chunk)
+                    self._data(chunk, self._f_fin and not self._f_rem, not self._f_rem)
                 if self._discard:
                     return pos
                 continue
+            if not self._msg_op and not self.deliver_fragments:
+                # The common case, in C when built: whole unfragmented messages.
+                items, pos = parse_frames(buf, pos, expect_mask, self._simple_limit())
+                if items:
+                    events.extend(map(Message, items))
             if end - pos < 2:
                 break
             b0 = buf[pos]
@@ -329,26 +348,14 @@ class Connection:
                 continue
             self._check_data(opcode, fin, rsv, length)
             start = pos + hlen
-            avail = end - start
-            if avail >= length and fin and opcode and not rsv and not self.deliver_fragments:
-                # Fast path: a whole unfragmented, uncompressed message.
-                pos = start + length
-                payload = buf[start:pos]
-                if mask_key is not None:
-                    payload = apply_mask(payload, mask_key)
-                if opcode == _TEXT:
-                    try:
-                        events.append(Message(payload.decode()))
-                    except UnicodeDecodeError:
-                        raise ProtocolError("invalid UTF-8 in text message", 1007) from None
-                else:
-                    events.append(Message(bytes(payload)))
-                continue
             if opcode:
                 self._msg_op = opcode
                 self._msg_deflated = bool(rsv)
                 self._msg_size = 0
                 self._utf8 = 0
+                if fin and not rsv and length >= _ASSEMBLE_MIN and not self.deliver_fragments:
+                    # A large single-frame message: unmask straight into its final buffer.
+                    self._asm = alloc_buffer(length)
             self._f_rem = length
             self._f_fin = bool(fin)
             self._f_mask = mask_key
@@ -391,6 +398,37 @@ class Connection:
             size = length + (self._msg_size if opcode == 0 else 0)
             if not deflated and size > limit:
                 raise PayloadTooBig("message", limit, size)
+
+    def _simple_limit(self) -> int:
+        limit = self.max_message_size
+        frame_limit = self.max_frame_size
+        if frame_limit is not None and (limit is None or frame_limit < limit):
+            limit = frame_limit
+        return -1 if limit is None else limit
+
+    def _assemble(self, chunk: bytes | bytearray, take: int) -> None:
+        """Unmask a piece of a large single-frame message into its buffer."""
+        asm = self._asm
+        assert asm is not None
+        off = len(asm) - self._f_rem - take
+        text = self._msg_op == _TEXT
+        state = unmask_into(
+            asm, off, chunk, self._f_mask, self._f_off, self._utf8 if text else None
+        )
+        self._f_off = (self._f_off + take) & 3
+        if state is not None:
+            if state < 0:
+                raise ProtocolError("invalid UTF-8 in text message", 1007)
+            self._utf8 = state
+        if not self._f_rem:
+            self._asm = None
+            self._msg_op = 0
+            if text:
+                if self._utf8:
+                    raise ProtocolError("text message ends inside a UTF-8 sequence", 1007)
+                self._events.append(Message(asm.decode()))
+            else:
+                self._events.append(Message(bytes(asm)))
 
     def _data(self, chunk: bytes, msg_fin: bool, frame_done: bool) -> None:
         """Take one piece of a data frame's payload (already unmasked)."""
