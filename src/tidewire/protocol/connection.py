@@ -98,6 +98,25 @@ _BINARY = 2
 #: Single-frame messages at least this large are unmasked into one buffer
 #: allocated up front, instead of joining per-read pieces (one copy fewer).
 _ASSEMBLE_MIN = 64 * 1024
+#: Assembly buffers are recycled through a small process-wide pool: writing
+#: into memory that is already mapped avoids a page fault per 4 KiB, which
+#: costs as much as the unmasking itself.  At most this many bytes are kept.
+_POOL_BUDGET = 32 * 1024 * 1024
+_pool: list[bytearray] = []
+
+
+def _take_buffer(size: int) -> bytearray:
+    """A buffer of at least ``size`` bytes, from the pool when one fits."""
+    for i, buf in enumerate(_pool):
+        if len(buf) >= size:
+            return _pool.pop(i)
+    return alloc_buffer(size)
+
+
+def _give_buffer(buf: bytearray) -> None:
+    """Return a buffer to the pool if the budget allows; otherwise let it go."""
+    if len(buf) + sum(map(len, _pool)) <= _POOL_BUDGET:
+        _pool.append(buf)
 
 
 class Connection:
@@ -129,6 +148,7 @@ class Connection:
         "_utf8",
         "_f_rem",
         "_asm",
+        "_asm_len",
         "_f_fin",
         "_f_mask",
         "_f_off",
@@ -188,6 +208,7 @@ class Connection:
         # data frame whose payload is still arriving
         self._f_rem = 0
         self._asm: bytearray | None = None
+        self._asm_len = 0
         self._f_fin = False
         self._f_mask: bytes | None = None
         self._f_off = 0
@@ -355,7 +376,8 @@ class Connection:
                 self._utf8 = 0
                 if fin and not rsv and length >= _ASSEMBLE_MIN and not self.deliver_fragments:
                     # A large single-frame message: unmask straight into its final buffer.
-                    self._asm = alloc_buffer(length)
+                    self._asm = _take_buffer(length)
+                    self._asm_len = length
             self._f_rem = length
             self._f_fin = bool(fin)
             self._f_mask = mask_key
@@ -410,7 +432,7 @@ class Connection:
         """Unmask a piece of a large single-frame message into its buffer."""
         asm = self._asm
         assert asm is not None
-        off = len(asm) - self._f_rem - take
+        off = self._asm_len - self._f_rem - take
         text = self._msg_op == _TEXT
         state = unmask_into(
             asm, off, chunk, self._f_mask, self._f_off, self._utf8 if text else None
@@ -423,12 +445,12 @@ class Connection:
         if not self._f_rem:
             self._asm = None
             self._msg_op = 0
-            if text:
-                if self._utf8:
-                    raise ProtocolError("text message ends inside a UTF-8 sequence", 1007)
-                self._events.append(Message(asm.decode()))
-            else:
-                self._events.append(Message(bytes(asm)))
+            if text and self._utf8:
+                raise ProtocolError("text message ends inside a UTF-8 sequence", 1007)
+            with memoryview(asm) as view, view[: self._asm_len] as payload:
+                data: str | bytes = str(payload, "utf-8") if text else bytes(payload)
+            _give_buffer(asm)
+            self._events.append(Message(data))
 
     def _data(self, chunk: bytes, msg_fin: bool, frame_done: bool) -> None:
         """Take one piece of a data frame's payload (already unmasked)."""

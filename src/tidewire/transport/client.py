@@ -44,7 +44,7 @@ class ClientConnection(WebSocket):
         """Drive ``proto``; :attr:`opened` resolves after the 101 response."""
         super().__init__(proto, options, loop)
         self.cproto = proto
-        self.request = proto.request
+        self._request = proto.request
         self.opened: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,7 +68,7 @@ class ClientConnection(WebSocket):
                 self.transport.abort()
             return
         if cast(State, proto.state) is not State.CONNECTING:
-            self.response = proto.response
+            self._response = proto.response
             if not self.opened.done():
                 self.opened.set_result(None)
             self.start_keepalive()

@@ -56,13 +56,13 @@ class WebSocket(asyncio.Protocol):
         self.proto = proto
         self.options = options
         self.loop = loop or asyncio.get_event_loop()
-        self.id: int = next(_ids)
+        self._id: int = next(_ids)
         self.transport: asyncio.Transport | None = None
-        self.remote_address: Any = None
-        self.request: Request | None = None
-        self.response: Response | None = None
+        self._remote_address: Any = None
+        self._request: Request | None = None
+        self._response: Response | None = None
         self.path_params: dict[str, Any] = {}
-        self.latency: float = 0.0
+        self._latency: float = 0.0
         self.messages_in = 0
         self.messages_out = 0
         self.bytes_in = 0
@@ -82,6 +82,31 @@ class WebSocket(asyncio.Protocol):
         self._lost_exc: BaseException | None = None
 
     # ----------------------------------------------------------- public state
+
+    @property
+    def id(self) -> int:
+        """A process-unique number for logs and metrics."""
+        return self._id
+
+    @property
+    def remote_address(self) -> Any:
+        """The peer's address as the socket reports it (``(host, port)`` for IPv4)."""
+        return self._remote_address
+
+    @property
+    def request(self) -> Request | None:
+        """The opening handshake request (RFC 6455 section 4.1); path, query, headers."""
+        return self._request
+
+    @property
+    def response(self) -> Response | None:
+        """The opening handshake response (101, or the HTTP answer given instead)."""
+        return self._response
+
+    @property
+    def latency(self) -> float:
+        """Round-trip time of the last answered ping in seconds; 0.0 before any."""
+        return self._latency
 
     @property
     def state(self) -> State:
@@ -118,7 +143,7 @@ class WebSocket(asyncio.Protocol):
         """Called by asyncio when the TCP connection is up."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.remote_address = transport.get_extra_info("peername")
+        self._remote_address = transport.get_extra_info("peername")
         transport.set_write_buffer_limits(
             self.options.write_high_water, self.options.write_low_water
         )
@@ -480,7 +505,7 @@ class WebSocket(asyncio.Protocol):
             if not fut.done():
                 fut.set_result(now - sent)
             if key == data:
-                self.latency = now - sent
+                self._latency = now - sent
                 break
 
     def start_keepalive(self) -> None:

@@ -98,19 +98,19 @@ class ServerConnection(WebSocket):
             self._flush()
             return
         if proto.request is not None and self.request is None:
-            self.request = proto.request
+            self._request = proto.request
             self.server.dispatch(self, proto.request)
 
     def respond(self, response: Response) -> None:
         """Answer the request with a plain HTTP response and close."""
         self.sproto.send_response(response)
-        self.response = response
+        self._response = response
         self._flush()
 
     def upgrade(self, handler: Handler, params: dict[str, Any]) -> None:
         """Accept the upgrade (101) and start ``handler(ws)``."""
         try:
-            self.response = self.sproto.accept()
+            self._response = self.sproto.accept()
         except HandshakeError as exc:
             logger.debug("rejected handshake from %s: %s", self.remote_address, exc)
             self._flush()
