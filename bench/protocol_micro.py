@@ -12,6 +12,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol as WsProtocol
@@ -78,14 +79,11 @@ def send_websockets(text: str, count: int) -> None:
         proto.data_to_send()
 
 
-def best_rate(fn: Callable[[], None], count: int, repeat: int) -> float:
-    """Messages per second: the median of ``repeat`` timed runs."""
-    rates = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates)
+def rate(fn: Callable[[], None], count: int) -> float:
+    """Messages per second of one timed run of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -94,26 +92,34 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     print(f"C accelerator: {'yes' if HAS_SPEEDUPS else 'no'}; median of {args.repeat} runs")
-    print(f"| {'direction':9} | {'size':6} | {'tidewire msg/s':>15} | {'websockets msg/s':>16} "
-          f"| {'tidewire MB/s':>13} | {'ratio':>6} |")
+    print(
+        f"| {'direction':9} | {'size':6} | {'tidewire msg/s':>15} | {'websockets msg/s':>16} "
+        f"| {'tidewire MB/s':>13} | {'ratio':>6} |"
+    )
     print("|-----------|--------|-----------------|------------------|---------------|--------|")
     for label, size in SIZES.items():
         count = max(20, min(100_000, (64 << 20) // size))
         reads = chunks(client_stream(size, count))
         text = ("tidewire" * (size // 8 + 1))[:size]
-        for direction, tw, ws in (
-            ("receive", lambda: recv_tidewire(reads, count), lambda: recv_websockets(reads, count)),
-            ("send", lambda: send_tidewire(text, count), lambda: send_websockets(text, count)),
-        ):
-            tw_rate = ws_rate = 0.0
+        pairs = (
+            (
+                "receive",
+                partial(recv_tidewire, reads, count),
+                partial(recv_websockets, reads, count),
+            ),
+            ("send", partial(send_tidewire, text, count), partial(send_websockets, text, count)),
+        )
+        for direction, tw, ws in pairs:
             # interleave the two implementations so drift hits both alike
             tw_rates, ws_rates = [], []
             for _ in range(args.repeat):
-                tw_rates.append(best_rate(tw, count, 1))
-                ws_rates.append(best_rate(ws, count, 1))
+                tw_rates.append(rate(tw, count))
+                ws_rates.append(rate(ws, count))
             tw_rate, ws_rate = statistics.median(tw_rates), statistics.median(ws_rates)
-            print(f"| {direction:9} | {label:6} | {tw_rate:15,.0f} | {ws_rate:16,.0f} "
-                  f"| {tw_rate * size / 1e6:13,.0f} | {tw_rate / ws_rate:5.2f}x |")
+            print(
+                f"| {direction:9} | {label:6} | {tw_rate:15,.0f} | {ws_rate:16,.0f} "
+                f"| {tw_rate * size / 1e6:13,.0f} | {tw_rate / ws_rate:5.2f}x |"
+            )
 
 
 if __name__ == "__main__":

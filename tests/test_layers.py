@@ -33,6 +33,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 EXEMPT = frozenset({"tidewire", "tidewire.__main__", "tidewire.testing"})
 
+# What apps see: the public API and the subpackages' exported names (plus any public
+# sub-subpackage, e.g. tidewire.realtime.brokers), never the modules behind them.
+PUBLIC_FOR_APPS = frozenset(
+    {"tidewire", "tidewire.errors", "tidewire.protocol", "tidewire.transport", "tidewire.realtime"}
+)
+
 # The sans-I/O core takes bytes and time as arguments (RFC 6455 rules must not depend on a
 # driver), so nothing that does I/O, runs an event loop or starts threads may be imported there.
 FORBIDDEN_IN_PROTOCOL = frozenset(
@@ -53,8 +59,6 @@ FORBIDDEN_IN_PROTOCOL = frozenset(
         "uvloop",
     }
 )
-
-LAYER_NAMES = ("base", "protocol", "transport", "realtime", "apps")
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +120,7 @@ def allowed(importer_layer: str, target: str, packages: frozenset[str]) -> bool:
             or _within(target, "tidewire.realtime")
         )
     if importer_layer == "apps":
-        public_below = target in ("tidewire", "tidewire.errors") or (
+        public_below = target in PUBLIC_FOR_APPS or (
             layer_of(target) in ("protocol", "transport", "realtime")
             and _is_public_package(target, packages)
         )

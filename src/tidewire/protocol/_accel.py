@@ -19,7 +19,7 @@ from tidewire.protocol import _purepy
 __all__ = [
     "HAS_SPEEDUPS",
     "IMPLEMENTATIONS",
-    "alloc_buffer",
+    "Assembler",
     "apply_mask",
     "parse_frames",
     "unmask_into",
@@ -41,7 +41,7 @@ HAS_SPEEDUPS: bool = "c" in IMPLEMENTATIONS
 
 if HAS_SPEEDUPS:
     from tidewire.protocol._speedups import (
-        alloc_buffer,
+        Assembler,
         apply_mask,
         parse_frames,
         unmask_into,
@@ -49,8 +49,8 @@ if HAS_SPEEDUPS:
         utf8_valid,
     )
 else:
-    from tidewire.protocol._purepy import (
-        alloc_buffer,
+    from tidewire.protocol._purepy import (  # type: ignore[assignment]
+        Assembler,
         apply_mask,
         parse_frames,
         unmask_into,

@@ -13,7 +13,7 @@ import struct
 from tidewire._types import BytesLike
 
 __all__ = [
-    "alloc_buffer",
+    "Assembler",
     "apply_mask",
     "parse_frames",
     "unmask_into",
@@ -230,8 +230,50 @@ def unmask_into(
     return utf8_check(data, utf8_state)
 
 
-def alloc_buffer(n: int) -> bytearray:
-    """A bytearray of ``n`` bytes for the caller to overwrite (zeroed here; unspecified in C)."""
-    if n < 0:
-        raise ValueError("alloc_buffer: negative size")
-    return bytearray(n)
+class Assembler:
+    """Collects one message of known size, unmasking each piece into one buffer.
+
+    ``feed`` returns False as soon as a text message cannot be valid UTF-8;
+    ``finish`` returns str (text) or bytes (binary), or None for text that
+    ends inside a UTF-8 sequence.
+    """
+
+    __slots__ = ("_buf", "_filled", "_text", "_state")
+
+    def __init__(self, size: int, text: bool) -> None:
+        if size < 0:
+            raise ValueError("Assembler: negative size")
+        self._buf: bytearray | None = bytearray(size)
+        self._filled = 0
+        self._text = bool(text)
+        self._state = 0
+
+    def feed(self, data: BytesLike, mask: BytesLike | None, offset: int) -> bool:
+        """Append ``data`` XOR ``mask`` (rotated by ``offset``); False on invalid UTF-8."""
+        buf = self._buf
+        if buf is None:
+            raise ValueError("Assembler already finished")
+        if len(data) > len(buf) - self._filled:
+            raise ValueError("Assembler: more data than the declared size")
+        start = self._filled
+        state = unmask_into(buf, start, data, mask, offset, self._state if self._text else None)
+        self._filled = start + len(data)
+        if state is not None:
+            self._state = state
+            if state < 0:
+                return False
+        return True
+
+    def finish(self) -> str | bytes | None:
+        """The message once every byte was fed (ValueError before)."""
+        buf = self._buf
+        if buf is None:
+            raise ValueError("Assembler already finished")
+        if self._filled != len(buf):
+            raise ValueError(f"Assembler: {self._filled} of {len(buf)} bytes fed")
+        self._buf = None
+        if not self._text:
+            return bytes(buf)
+        if self._state != 0:
+            return None
+        return buf.decode()

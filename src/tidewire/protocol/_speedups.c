@@ -745,30 +745,6 @@ error:
     return NULL;
 }
 
-PyDoc_STRVAR(alloc_buffer_doc,
-"alloc_buffer(n)\n"
-"--\n"
-"\n"
-"Return a bytearray of n bytes whose contents are unspecified (not zeroed):\n"
-"for a buffer the caller overwrites entirely, such as unmask_into's dest.");
-
-static PyObject *
-speedups_alloc_buffer(PyObject *module, PyObject *arg)
-{
-    Py_ssize_t n;
-
-    (void)module;
-    n = PyLong_AsSsize_t(arg);
-    if (n == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (n < 0) {
-        PyErr_SetString(PyExc_ValueError, "alloc_buffer: negative size");
-        return NULL;
-    }
-    return PyByteArray_FromStringAndSize(NULL, n);
-}
-
 PyDoc_STRVAR(unmask_into_doc,
 "unmask_into(dest, dest_offset, data, mask, offset, utf8_state=None)\n"
 "--\n"
@@ -849,6 +825,272 @@ fail:
     return NULL;
 }
 
+
+/* ------------------------------------------------------------------------ */
+/* Assembler: a large message unmasked straight into its final object       */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Binary messages are written into a bytes object allocated up front; text
+ * messages into an ASCII str allocated up front, falling back to a bytearray
+ * (validated incrementally, decoded at the end) at the first non-ASCII byte.
+ * The object is never visible to Python before finish(), so filling it in
+ * place is safe.  One pass over the payload instead of three.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *obj;        /* bytes, str (ASCII) or bytearray (UTF-8 fallback) */
+    PyObject *state;      /* utf8_check state (Python int) for the fallback */
+    Py_ssize_t size;
+    Py_ssize_t filled;
+    int mode;             /* 0 binary, 1 ascii str, 2 utf-8 bytearray */
+} AssemblerObject;
+
+static void
+assembler_dealloc(AssemblerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    Py_CLEAR(self->obj);
+    Py_CLEAR(self->state);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+assembler_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t size;
+    int text;
+    static char *kwlist[] = {"size", "text", NULL};
+    AssemblerObject *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "np:Assembler", kwlist, &size, &text)) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "Assembler: negative size");
+        return NULL;
+    }
+    self = (AssemblerObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->size = size;
+    self->filled = 0;
+    self->mode = text ? 1 : 0;
+    self->state = PyLong_FromLong(0);
+    self->obj = text ? PyUnicode_New(size, 127) : PyBytes_FromStringAndSize(NULL, size);
+    if (self->obj == NULL || self->state == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static unsigned char *
+assembler_data(AssemblerObject *self)
+{
+    if (self->mode == 0) {
+        return (unsigned char *)PyBytes_AS_STRING(self->obj);
+    }
+    if (self->mode == 1) {
+        return (unsigned char *)PyUnicode_1BYTE_DATA(self->obj);
+    }
+    return (unsigned char *)PyByteArray_AS_STRING(self->obj);
+}
+
+static int
+has_high_bit(const unsigned char *p, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    uint64_t acc = 0, w;
+    for (; n - i >= 8; i += 8) {
+        memcpy(&w, p + i, 8);
+        acc |= w;
+    }
+    if (acc & HIGH_BITS) {
+        return 1;
+    }
+    for (; i < n; i++) {
+        if (p[i] & 0x80u) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(assembler_feed_doc,
+"feed(data, mask, offset)\n"
+"--\n"
+"\n"
+"Append data XOR mask (rotated by offset; mask None: unchanged).  Returns\n"
+"False as soon as a text message cannot be valid UTF-8, else True.");
+
+static PyObject *
+assembler_feed(AssemblerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer data, mask;
+    unsigned int rot = 0;
+    unsigned char m[4];
+    unsigned char *dest;
+    Py_ssize_t off;
+    int k, has_mask;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "feed() takes exactly 3 arguments");
+        return NULL;
+    }
+    if (self->obj == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Assembler already finished");
+        return NULL;
+    }
+    has_mask = args[1] != Py_None;
+    if (has_mask && offset_mod4(args[2], &rot) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (data.len > self->size - self->filled) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_ValueError, "Assembler: more data than the declared size");
+        return NULL;
+    }
+    if (has_mask) {
+        if (PyObject_GetBuffer(args[1], &mask, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&data);
+            return NULL;
+        }
+        if (mask.len != 4) {
+            PyBuffer_Release(&mask);
+            PyBuffer_Release(&data);
+            PyErr_Format(PyExc_ValueError, "mask must be exactly 4 bytes, got %zd", mask.len);
+            return NULL;
+        }
+        for (k = 0; k < 4; k++) {
+            m[k] = ((const unsigned char *)mask.buf)[(k + rot) & 3u];
+        }
+        PyBuffer_Release(&mask);
+    }
+    off = self->filled;
+    dest = assembler_data(self) + off;
+    if (data.len) {
+        if (has_mask) {
+            mask_bytes(dest, (const unsigned char *)data.buf, data.len, m);
+        }
+        else {
+            memcpy(dest, data.buf, (size_t)data.len);
+        }
+    }
+    PyBuffer_Release(&data);
+    self->filled = off + data.len;
+    if (self->mode == 1 && has_high_bit(dest, self->filled - off)) {
+        /* Not ASCII after all: move what we have into a bytearray. */
+        PyObject *ba = PyByteArray_FromStringAndSize(NULL, self->size);
+        if (ba == NULL) {
+            return NULL;
+        }
+        memcpy(PyByteArray_AS_STRING(ba), PyUnicode_1BYTE_DATA(self->obj),
+               (size_t)self->filled);
+        Py_SETREF(self->obj, ba);
+        self->mode = 2;
+    }
+    if (self->mode == 2) {
+        PyObject *state = utf8_check_run(self->state, assembler_data(self) + off,
+                                         self->filled - off);
+        if (state == NULL) {
+            return NULL;
+        }
+        Py_SETREF(self->state, state);
+        if (PyLong_AsLong(state) < 0) {
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(assembler_finish_doc,
+"finish()\n"
+"--\n"
+"\n"
+"Return the message (str for text, bytes for binary) once every byte was\n"
+"fed; None for text that ends inside a UTF-8 sequence.");
+
+static PyObject *
+assembler_finish(AssemblerObject *self, PyObject *unused)
+{
+    PyObject *result;
+
+    (void)unused;
+    if (self->obj == NULL) {
+        PyErr_SetString(PyExc_ValueError, "Assembler already finished");
+        return NULL;
+    }
+    if (self->filled != self->size) {
+        PyErr_Format(PyExc_ValueError, "Assembler: %zd of %zd bytes fed",
+                     self->filled, self->size);
+        return NULL;
+    }
+    if (self->mode == 2) {
+        long st = PyLong_AsLong(self->state);
+        if (st != 0) {
+            Py_CLEAR(self->obj);
+            if (st == -1 && PyErr_Occurred()) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        result = PyUnicode_DecodeUTF8(PyByteArray_AS_STRING(self->obj), self->size, NULL);
+        Py_CLEAR(self->obj);
+        return result;
+    }
+    result = self->obj;
+    self->obj = NULL;
+    return result;
+}
+
+static PyMethodDef assembler_methods[] = {
+    {"feed", (PyCFunction)(void (*)(void))assembler_feed, METH_FASTCALL, assembler_feed_doc},
+    {"finish", (PyCFunction)assembler_finish, METH_NOARGS, assembler_finish_doc},
+    {NULL, NULL, 0, NULL}
+};
+
+PyDoc_STRVAR(assembler_doc,
+"Assembler(size, text)\n"
+"--\n"
+"\n"
+"Collects one message of known size, unmasking into its final object.");
+
+static PyType_Slot assembler_slots[] = {
+    {Py_tp_new, assembler_new},
+    {Py_tp_dealloc, assembler_dealloc},
+    {Py_tp_methods, assembler_methods},
+    {Py_tp_doc, (void *)assembler_doc},
+    {0, NULL}
+};
+
+static PyType_Spec assembler_spec = {
+    "tidewire.protocol._speedups.Assembler",
+    sizeof(AssemblerObject),
+    0,
+    Py_TPFLAGS_DEFAULT,
+    assembler_slots
+};
+
+static int
+speedups_exec(PyObject *module)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &assembler_spec, NULL);
+    if (type == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObject(module, "Assembler", type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Module                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -864,11 +1106,11 @@ static PyMethodDef speedups_methods[] = {
      METH_FASTCALL, parse_frames_doc},
     {"unmask_into", (PyCFunction)(void (*)(void))speedups_unmask_into,
      METH_FASTCALL, unmask_into_doc},
-    {"alloc_buffer", (PyCFunction)speedups_alloc_buffer, METH_O, alloc_buffer_doc},
     {NULL, NULL, 0, NULL}
 };
 
 static PyModuleDef_Slot speedups_slots[] = {
+    {Py_mod_exec, (void *)speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif

@@ -23,10 +23,9 @@ from typing import Any, Protocol
 from tidewire._types import BytesLike
 from tidewire.errors import InvalidState, PayloadTooBig, ProtocolError
 from tidewire.protocol._accel import (
-    alloc_buffer,
+    Assembler,
     apply_mask,
     parse_frames,
-    unmask_into,
     utf8_check,
 )
 from tidewire.protocol.close import MAX_REASON_BYTES, Close, CloseCode
@@ -98,25 +97,6 @@ _BINARY = 2
 #: Single-frame messages at least this large are unmasked into one buffer
 #: allocated up front, instead of joining per-read pieces (one copy fewer).
 _ASSEMBLE_MIN = 64 * 1024
-#: Assembly buffers are recycled through a small process-wide pool: writing
-#: into memory that is already mapped avoids a page fault per 4 KiB, which
-#: costs as much as the unmasking itself.  At most this many bytes are kept.
-_POOL_BUDGET = 32 * 1024 * 1024
-_pool: list[bytearray] = []
-
-
-def _take_buffer(size: int) -> bytearray:
-    """A buffer of at least ``size`` bytes, from the pool when one fits."""
-    for i, buf in enumerate(_pool):
-        if len(buf) >= size:
-            return _pool.pop(i)
-    return alloc_buffer(size)
-
-
-def _give_buffer(buf: bytearray) -> None:
-    """Return a buffer to the pool if the budget allows; otherwise let it go."""
-    if len(buf) + sum(map(len, _pool)) <= _POOL_BUDGET:
-        _pool.append(buf)
 
 
 class Connection:
@@ -148,7 +128,6 @@ class Connection:
         "_utf8",
         "_f_rem",
         "_asm",
-        "_asm_len",
         "_f_fin",
         "_f_mask",
         "_f_off",
@@ -207,8 +186,7 @@ class Connection:
         self._utf8 = 0
         # data frame whose payload is still arriving
         self._f_rem = 0
-        self._asm: bytearray | None = None
-        self._asm_len = 0
+        self._asm: Assembler | None = None
         self._f_fin = False
         self._f_mask: bytes | None = None
         self._f_off = 0
@@ -376,8 +354,7 @@ class Connection:
                 self._utf8 = 0
                 if fin and not rsv and length >= _ASSEMBLE_MIN and not self.deliver_fragments:
                     # A large single-frame message: unmask straight into its final buffer.
-                    self._asm = _take_buffer(length)
-                    self._asm_len = length
+                    self._asm = Assembler(length, opcode == _TEXT)
             self._f_rem = length
             self._f_fin = bool(fin)
             self._f_mask = mask_key
@@ -429,27 +406,18 @@ class Connection:
         return -1 if limit is None else limit
 
     def _assemble(self, chunk: bytes | bytearray, take: int) -> None:
-        """Unmask a piece of a large single-frame message into its buffer."""
+        """Unmask a piece of a large single-frame message into its final object."""
         asm = self._asm
         assert asm is not None
-        off = self._asm_len - self._f_rem - take
-        text = self._msg_op == _TEXT
-        state = unmask_into(
-            asm, off, chunk, self._f_mask, self._f_off, self._utf8 if text else None
-        )
+        if not asm.feed(chunk, self._f_mask, self._f_off):
+            raise ProtocolError("invalid UTF-8 in text message", 1007)
         self._f_off = (self._f_off + take) & 3
-        if state is not None:
-            if state < 0:
-                raise ProtocolError("invalid UTF-8 in text message", 1007)
-            self._utf8 = state
         if not self._f_rem:
             self._asm = None
             self._msg_op = 0
-            if text and self._utf8:
+            data = asm.finish()
+            if data is None:
                 raise ProtocolError("text message ends inside a UTF-8 sequence", 1007)
-            with memoryview(asm) as view, view[: self._asm_len] as payload:
-                data: str | bytes = str(payload, "utf-8") if text else bytes(payload)
-            _give_buffer(asm)
             self._events.append(Message(data))
 
     def _data(self, chunk: bytes, msg_fin: bool, frame_done: bool) -> None:

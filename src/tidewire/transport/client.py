@@ -137,6 +137,7 @@ class _Connect:
                 ClientDeflateFactory(
                     client_max_window_bits=True,
                     mem_level=options.compression_mem_level,
+                    compress_level=options.compression_level,
                     min_size=options.compression_threshold,
                 )
             )

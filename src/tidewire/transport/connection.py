@@ -73,6 +73,7 @@ class WebSocket(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
+        self._unflushed = 0  # bytes sent since the last scheduled flush
         self._closed = self.loop.create_future()
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
         self._keepalive: asyncio.TimerHandle | None = None
@@ -240,6 +241,7 @@ class WebSocket(asyncio.Protocol):
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
+        self._unflushed = 0
         self._flush()
 
     def _schedule_flush(self) -> None:
@@ -294,7 +296,20 @@ class WebSocket(asyncio.Protocol):
             await self._send_fragments(message, compress)
             return
         self.messages_out += 1
-        self._schedule_flush()
+        # Batched writes must not hide backpressure: once what waits for the
+        # scheduled flush would take the transport past high water, write now so
+        # pause_writing() fires and this send() waits (else a loop of sends that
+        # never suspends queues without bound and starves the event loop).
+        self._unflushed += len(message)
+        transport = self.transport
+        if (
+            transport is not None
+            and self._unflushed + transport.get_write_buffer_size() > self.options.write_high_water
+        ):
+            self._unflushed = 0
+            self._flush()
+        else:
+            self._schedule_flush()
         if self._write_paused:
             await self._drain()
 

@@ -47,6 +47,9 @@ class Options:
     compression_window_bits: int = 12
     #: zlib memLevel for our compressor (see compression_window_bits).
     compression_mem_level: int = 5
+    #: zlib level: 6 (zlib's default) compresses chat-sized JSON about 20%
+    #: better than 1 for about 30% more CPU; lower it for bulk traffic.
+    compression_level: int = 6
     #: Messages shorter than this (bytes) are sent uncompressed: deflate's
     #: framing costs more than it saves on tiny messages.
     compression_threshold: int = 32

@@ -44,6 +44,7 @@ class ServerConnection(WebSocket):
                 ServerDeflateFactory(
                     server_max_window_bits=options.compression_window_bits,
                     mem_level=options.compression_mem_level,
+                    compress_level=options.compression_level,
                     min_size=options.compression_threshold,
                 )
             )
@@ -256,8 +257,8 @@ class Server:
         close_timeout) the rest are aborted and handler tasks awaited.
         """
         self.draining = True
-        if self._server is not None:
-            self._server.close()
+        # The listener stays open while draining: load balancers must be able to
+        # read /health's 503, and late upgrades get a 503 rather than a refusal.
         timeout = self.options.close_timeout if timeout is None else timeout
         conns = [ws for ws in self.connections if ws.proto.state is State.OPEN]
         random.shuffle(conns)
@@ -271,12 +272,19 @@ class Server:
         pending = [ws.wait_closed() for ws in list(self.connections)]
         if pending:
             try:
-                await asyncio.wait_for(asyncio.gather(*pending), (timeout or 0) + spread)
+                limit = None if timeout is None else timeout + spread  # None: no limit
+                await asyncio.wait_for(asyncio.gather(*pending), limit)
             except TimeoutError:
                 for ws in list(self.connections):
                     ws._abort()
+        if self._server is not None:
+            self._server.close()
+        for ws in list(self.connections):
+            if ws.proto.state is State.CONNECTING:
+                ws._abort()  # accepted while draining and still mid-request
         for task in closers:
             task.cancel()
+        await asyncio.gather(*closers, return_exceptions=True)
         await self._await_handlers(timeout)
         if self._server is not None:
             await self._server.wait_closed()
