@@ -810,3 +810,16 @@ def test_close_payload_helper_matches_wire() -> None:
     client, server = handshake(ClientProtocol("h", "/"), ServerProtocol())
     server.send_close(4001, "r")
     assert server.data_to_send() == b"\x88\x03" + struct.pack("!H", 4001) + b"r"
+
+
+def test_bytes_before_accept_are_bounded() -> None:
+    """A client flooding before the 101 is cut off at max_head instead of buffered forever."""
+    client = ClientProtocol("h", "/")
+    server = ServerProtocol(max_head=4096)
+    server.receive_data(client.connect().serialize())
+    assert server.request is not None
+    server.receive_data(b"\x00" * 4000)
+    assert server.handshake_error is None
+    server.receive_data(b"\x00" * 4000)
+    assert server.handshake_error is not None and server.handshake_error.status == 400
+    assert "max_head=4096" in str(server.handshake_error)

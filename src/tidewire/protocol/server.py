@@ -79,8 +79,22 @@ class ServerProtocol(Connection):
         if self.state is not State.CONNECTING:
             Connection.receive_data(self, data)
             return
-        if self.request is not None or self.handshake_error is not None:
-            self._head += data  # pipelined bytes wait for accept()
+        if self.handshake_error is not None:
+            return
+        if self.request is not None:
+            # Frames a client pipelined after its request wait for accept(), but
+            # a client may not send before the 101 (section 4.1): bound them.
+            if len(self._head) + len(data) > self._max_head:
+                self._head.clear()
+                self.reject(
+                    HandshakeError(
+                        f"{len(data)} more bytes before the handshake completed: "
+                        f"over max_head={self._max_head}",
+                        400,
+                    )
+                )
+                return
+            self._head += data
             return
         self._head += data
         try:

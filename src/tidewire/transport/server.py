@@ -9,7 +9,7 @@ import logging
 import random
 import ssl as ssl_module
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from typing import Any
 
 from tidewire.errors import HandshakeError
@@ -351,9 +351,13 @@ class Server:
     def dispatch(self, ws: ServerConnection, request: Request) -> None:
         """Route one complete request head: hook, HTTP route, or upgrade."""
         if self.process_request is not None:
-            result = self.process_request(ws, request)
+            try:
+                result = self.process_request(ws, request)
+            except Exception:  # noqa: BLE001 - a hook bug answers 500, not a dropped socket
+                logger.exception("process_request failed")
+                result = build_reject_response(500, "internal error")
             if inspect.isawaitable(result):
-                self.loop.create_task(self._finish_async(ws, request, result))
+                self._spawn(self._finish_async(ws, request, result))
                 return
             if result is not None:
                 ws.respond(result)
@@ -381,7 +385,15 @@ class Server:
             logger.debug(
                 "plain HTTP %s %s from %s", request.method, request.path, ws.remote_address
             )
-            ws.respond(self._http(request))
+            try:
+                answer = self._http(request)
+            except Exception:  # noqa: BLE001
+                logger.exception("HTTP route failed for %s", request.path_only)
+                answer = build_reject_response(500, "internal error")
+            if isinstance(answer, Response):
+                ws.respond(answer)
+            else:
+                self._spawn(self._finish_http(ws, answer))
             return
         path = request.path_only
         if self.draining:
@@ -411,7 +423,22 @@ class Server:
                 return
         ws.upgrade(*match)
 
-    def _http(self, request: Request) -> Response:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Tracked with the handlers so shutdown() awaits (or cancels) it too.
+        task = self.loop.create_task(coro)
+        self.handler_tasks.add(task)
+        task.add_done_callback(self.handler_tasks.discard)
+
+    async def _finish_http(self, ws: ServerConnection, answer: Awaitable[Response]) -> None:
+        try:
+            response = await answer
+        except Exception:  # noqa: BLE001
+            logger.exception("HTTP route failed")
+            response = build_reject_response(500, "internal error")
+        if ws.transport is not None and not ws.transport.is_closing():
+            ws.respond(response)
+
+    def _http(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path_only
         if self.health_path is not None and path == self.health_path:
             body = json.dumps(self.stats()).encode()
@@ -421,7 +448,7 @@ class Server:
         if match is not None:
             responder, _params = match
             result = responder(request)
-            if isinstance(result, Response):
+            if isinstance(result, Response) or inspect.isawaitable(result):
                 return result
         return build_reject_response(404, f"not found: {path}")
 
