@@ -180,7 +180,11 @@ class WebSocket(asyncio.Protocol):
             self._recv_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        if len(messages) >= self.options.max_queue and not self._paused_reading:
+        if (
+            len(messages) >= self.options.max_queue
+            and not self._paused_reading
+            and self.proto.close_sent is None  # closing: the peer's close must get in
+        ):
             self._paused_reading = True
             assert self.transport is not None
             self.transport.pause_reading()
@@ -459,9 +463,17 @@ class WebSocket(asyncio.Protocol):
         if proto.state is State.OPEN:
             proto.send_close(code, Close.truncate_reason(reason))
             self._flush()
+            self._read_until_close()
         elif proto.state is State.CONNECTING and self.transport is not None:
             self.transport.abort()
         await self.wait_closed_within(self.options.close_timeout)
+
+    def _read_until_close(self) -> None:
+        """Resume reading paused by max_queue: the peer's close frame must get in."""
+        if self._paused_reading:
+            self._paused_reading = False
+            if self.transport is not None:
+                self.transport.resume_reading()
 
     async def wait_closed_within(self, timeout: float | None) -> None:
         """Wait for TCP to close; abort it after ``timeout`` seconds."""

@@ -296,6 +296,7 @@ class Server:
             if ws.proto.state is State.OPEN:
                 ws.proto.send_close(CloseCode.GOING_AWAY, "server shutting down")
                 ws._flush()
+                ws._read_until_close()
 
     async def _await_handlers(self, timeout: float | None) -> None:
         tasks = [task for task in self.handler_tasks if not task.done()]

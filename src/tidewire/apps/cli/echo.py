@@ -59,6 +59,7 @@ async def _serve(args: argparse.Namespace) -> None:
         args.host,
         args.port,
         max_message_size=args.max_message_size,
+        compression_threshold=args.compression_threshold,
         ping_interval=None,
     )
     print(f"tidewire echo server listening on {server.url}", flush=True)
