@@ -1,7 +1,7 @@
 """Every transport limit and timeout: one frozen dataclass, each default with its reason.
 
 ``None`` disables a limit or a timer.  docs/defaults.md lists the same table;
-tests/transport/test_options.py checks that the two agree.
+tests/transport/test_defaults_doc.py checks that the two agree.
 """
 
 from __future__ import annotations
