@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import tracemalloc
 import zlib
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidewire.errors import HandshakeError, PayloadTooBig, ProtocolError
+from tidewire.protocol import deflate as deflate_module
 from tidewire.protocol.deflate import (
+    ADAPTIVE_MIN_SIZE,
+    DEFAULT_COMPRESS_LEVEL,
+    DEFAULT_MEM_LEVEL,
     DEFAULT_MIN_SIZE,
+    DOUBT_EXIT,
+    FAST_COMPRESS_LEVEL,
+    FAST_LEVEL_MIN_SIZE,
+    FAST_LEVEL_MIN_WINDOW_BITS,
     ClientDeflateFactory,
     DeflateParams,
     PerMessageDeflate,
@@ -626,9 +637,11 @@ def test_negotiated_round_trip(
 
 
 def bomb(size: int = 10 * MiB) -> bytes:
-    """A payload of a few KiB that inflates to ``size`` zero bytes."""
-    sender = PerMessageDeflate(is_server_side=False)
-    return sender.deflate(bytes(size))
+    """A payload of a few KiB that inflates to ``size`` zero bytes (zlib level 9)."""
+    # Not our deflate: it sends large messages at FAST_COMPRESS_LEVEL, which
+    # packs zeros about 4 times less tightly (46 KB for 10 MiB).
+    sender = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return (sender.compress(bytes(size)) + sender.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
 def test_bomb_stopped_at_limit() -> None:
@@ -777,3 +790,297 @@ def test_decompressor_kept_mid_message() -> None:
     assert server.memory_estimate() > 0
     server.inflate(payload[5:], fin=True, max_size=None)
     assert server.memory_estimate() == 0
+
+
+# --- sending policy: adaptive skipping and level by size ------------------------------
+
+TAIL = b"\x00\x00\xff\xff"
+# Compressible: JSON-like events with varying numbers (about 0.1 of their size at level 6).
+TEXT = b"".join(b'{"event": "tick", "n": %d, "ok": true}\n' % i for i in range(20_000))
+# Larger than one stored block, so our stored encoding differs from zlib's (whose
+# stored blocks for incompressible input are at most a few KiB with memLevel 5).
+BIG = 70_000
+
+
+def noise(size: int, seed: int = 0) -> bytes:
+    """``size`` incompressible bytes, reproducible from ``seed``."""
+    return random.Random(seed).randbytes(size)
+
+
+def stored(message: bytes) -> bytes:
+    """``message`` as our stored blocks: 64 KiB - 1 per block, then the final 00."""
+    out = b""
+    for start in range(0, len(message), 0xFFFF):
+        chunk = message[start : start + 0xFFFF]
+        out += bytes([0]) + len(chunk).to_bytes(2, "little")
+        out += (len(chunk) ^ 0xFFFF).to_bytes(2, "little") + chunk
+    return out + b"\x00"
+
+
+def skips(ext: PerMessageDeflate, count: int, size: int = BIG, seed: int = 0) -> list[bool]:
+    """Send ``count`` incompressible messages; True for each that went out as stored blocks."""
+    out = []
+    for i in range(count):
+        message = noise(size, seed + i)
+        assert ext.should_compress(size)
+        out.append(ext.deflate(message) == stored(message))
+    return out
+
+
+def fresh_stream(level: int, data: bytes, bits: int = 12) -> bytes:
+    """``data`` deflated by a new zlib compressor, as one message (tail stripped)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -bits, DEFAULT_MEM_LEVEL)
+    out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(TAIL)
+    return out[:-4]
+
+
+def test_incompressible_data_is_stored_after_the_first_probe() -> None:
+    """The first incompressible large message is compressed; later ones go out stored."""
+    server, client = pair()
+    assert skips(server, 30) == [False] + [True] * 29
+
+
+def test_doubt_ends_after_a_compressible_run() -> None:
+    """In doubt, compressible messages are compressed; DOUBT_EXIT of them end the sampling."""
+    server, client = pair()
+    skips(server, 3)
+    for i in range(DOUBT_EXIT):
+        message = TEXT[i * 100 :][:BIG]
+        payload = server.deflate(message)
+        assert len(payload) < len(message) // 5
+        assert inflate_all(client, payload) == message
+    assert skips(server, 3, seed=5) == [False, True, True]  # probed in full again, then stored
+
+
+def test_doubt_survives_a_short_compressible_run() -> None:
+    """Fewer than DOUBT_EXIT compressible messages leave the sender sampling."""
+    server, client = pair()
+    skips(server, 2)
+    for i in range(DOUBT_EXIT - 1):
+        message = TEXT[i * 100 :][:BIG]
+        assert inflate_all(client, server.deflate(message)) == message
+    assert skips(server, 2, seed=5) == [True, True]
+
+
+def test_skipped_messages_round_trip_and_drop_the_compressor() -> None:
+    """Stored messages inflate at the peer; the compressor is dropped, so later ones stay valid."""
+    server, client = pair()
+    inflater = zlib.decompressobj(-15)
+    messages = [TEXT[:500], noise(BIG), noise(BIG, 1), TEXT[:500], TEXT[100:BIG], noise(BIG, 2)]
+    kinds = []
+    for message in messages:
+        payload = server.deflate(message)
+        assert inflate_all(client, payload) == message
+        assert inflater.decompress(payload + TAIL) == message
+        kinds.append(payload == stored(message))
+        if kinds[-1]:
+            assert server.memory_estimate() == 0
+    assert kinds == [False, False, True, False, False, True]
+
+
+def test_small_messages_are_compressed_in_doubt() -> None:
+    """Messages under ADAPTIVE_MIN_SIZE are compressed in doubt and do not end it."""
+    server, client = pair()
+    skips(server, 1)
+    for i in range(2 * DOUBT_EXIT):
+        message = TEXT[i : i + ADAPTIVE_MIN_SIZE - 1]
+        payload = server.deflate(message)
+        assert len(payload) < len(message) // 2
+        assert inflate_all(client, payload) == message
+        small_noise = noise(ADAPTIVE_MIN_SIZE - 1, i)
+        payload = server.deflate(small_noise)
+        assert payload != stored(small_noise)
+        assert inflate_all(client, payload) == small_noise
+    assert skips(server, 1) == [True]
+
+
+def test_sample_is_taken_from_the_middle() -> None:
+    """In doubt, a message that is incompressible only at its ends is still compressed."""
+    server, client = pair()
+    skips(server, 1)
+    message = noise(BIG // 4) + TEXT[: BIG // 2] + noise(BIG // 4, 1)
+    payload = server.deflate(message)
+    assert payload != stored(message)
+    assert inflate_all(client, payload) == message
+
+
+def test_compressible_data_keeps_being_compressed() -> None:
+    """Compressible messages of every size are always compressed, well."""
+    server, client = pair(server_max_window_bits=12)
+    offset = 0
+    for size in [40, 300, ADAPTIVE_MIN_SIZE, FAST_LEVEL_MIN_SIZE, 100_000] * 20:
+        message = TEXT[offset : offset + size]
+        offset = (offset + size) % (len(TEXT) - 100_000)
+        assert server.should_compress(size)
+        payload = server.deflate(message)
+        assert inflate_all(client, payload) == message
+        assert len(payload) < len(message) * 0.25 or size < ADAPTIVE_MIN_SIZE
+
+
+def test_fragmented_message_is_judged_as_a_whole() -> None:
+    """A fragmented message is judged after its last fragment and skipped whole."""
+    server, client = pair()
+    first, rest = noise(ADAPTIVE_MIN_SIZE), noise(BIG, seed=1)
+    payload = server.deflate(first, fin=False) + server.deflate(rest)
+    assert inflate_all(client, payload) == first + rest
+    # In doubt now: the first fragment's sample sends every fragment stored.
+    pieces = [server.deflate(rest, fin=False), server.deflate(b"", fin=False)]
+    pieces.append(server.deflate(first))
+    assert b"".join(pieces) == stored(rest)[:-1] + stored(first)
+    assert inflate_all(client, b"".join(pieces)) == rest + first
+
+
+def test_large_messages_use_fast_level() -> None:
+    """A large message starts a fresh FAST_COMPRESS_LEVEL stream; small ones use the level."""
+    assert FAST_COMPRESS_LEVEL < DEFAULT_COMPRESS_LEVEL
+    small = TEXT[:500]
+    large = TEXT[1000 : 1000 + FAST_LEVEL_MIN_SIZE]
+    server = PerMessageDeflate(is_server_side=True, server_max_window_bits=12)
+    assert server.deflate(small) == fresh_stream(DEFAULT_COMPRESS_LEVEL, small)
+    assert server.deflate(large) == fresh_stream(FAST_COMPRESS_LEVEL, large)
+    server = PerMessageDeflate(
+        is_server_side=True, server_max_window_bits=12, compress_level=FAST_COMPRESS_LEVEL
+    )
+    server.deflate(small)
+    assert server.deflate(large) != fresh_stream(FAST_COMPRESS_LEVEL, large)  # kept context
+
+
+def test_fast_level_needs_a_wide_window() -> None:
+    """With a window under FAST_LEVEL_MIN_WINDOW_BITS, large messages keep the level."""
+    bits = FAST_LEVEL_MIN_WINDOW_BITS - 1
+    large = TEXT[: 2 * FAST_LEVEL_MIN_SIZE]
+    server = PerMessageDeflate(is_server_side=True, server_max_window_bits=bits)
+    assert server.deflate(large) == fresh_stream(DEFAULT_COMPRESS_LEVEL, large, bits)
+
+
+def test_back_from_fast_level_keeps_context() -> None:
+    """The first small message after a large one is primed with the large one's end."""
+    large = TEXT[: FAST_LEVEL_MIN_SIZE + 3000]
+    small = large[-300:]
+    server, client = pair(server_max_window_bits=12)
+    inflater = zlib.decompressobj(-12)
+    for message in (large, small):
+        payload = server.deflate(message)
+        assert inflate_all(client, payload) == message
+        assert inflater.decompress(payload + TAIL) == message
+    primed = zlib.compressobj(
+        DEFAULT_COMPRESS_LEVEL, zlib.DEFLATED, -12, DEFAULT_MEM_LEVEL, zdict=large[-4096:]
+    )
+    expected = primed.compress(small) + primed.flush(zlib.Z_SYNC_FLUSH)
+    assert payload == expected[:-4]
+    assert len(payload) < 10
+
+
+def test_no_priming_without_context_takeover() -> None:
+    """Without context takeover the peer forgets every message: nothing is primed."""
+    large = TEXT[: FAST_LEVEL_MIN_SIZE + 3000]
+    small = large[-300:]
+    server, client = pair(server_no_context_takeover=True, server_max_window_bits=12)
+    assert inflate_all(client, server.deflate(large)) == large
+    payload = server.deflate(small)
+    assert payload == fresh_stream(DEFAULT_COMPRESS_LEVEL, small)
+    assert inflate_all(client, payload) == small
+
+
+def test_stored_message_is_never_primed_over() -> None:
+    """After a stored message the next compressor is not primed with older data."""
+    server, client = pair(server_max_window_bits=12)
+    inflater = zlib.decompressobj(-12)
+    skips(server, 1)  # in doubt from now on
+    large = TEXT[:BIG]
+    for message in (large, noise(BIG, 1), large[-300:]):
+        payload = server.deflate(message)
+        assert inflate_all(client, payload) == message
+        assert inflater.decompress(payload + TAIL) == message
+    assert server.deflate(noise(BIG, 2)) == stored(noise(BIG, 2))
+
+
+def test_level_switches_keep_one_compressor() -> None:
+    """Level switches and stored messages replace the compressor: zlib memory stays bounded."""
+    server = PerMessageDeflate(is_server_side=True, server_max_window_bits=12)
+    small, large = TEXT[:100], TEXT[: FAST_LEVEL_MIN_SIZE * 2]
+    server.deflate(small)
+    one = server.memory_estimate()
+    assert 0 < one < 64 * 1024
+    tracemalloc.start()
+    try:
+        for _ in range(20):
+            server.deflate(large)
+            server.deflate(small)
+            skips(server, 2, size=ADAPTIVE_MIN_SIZE)
+            for _ in range(DOUBT_EXIT):
+                server.deflate(TEXT[:ADAPTIVE_MIN_SIZE])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * one + 2 * len(large)
+    assert server.memory_estimate() in (0, one)
+
+
+@contextlib.contextmanager
+def small_policy() -> Iterator[None]:
+    """Shrink the policy's sizes and runs so short messages exercise every switch."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(deflate_module, "ADAPTIVE_MIN_SIZE", 64)
+        mp.setattr(deflate_module, "SAMPLE_SIZE", 48)
+        mp.setattr(deflate_module, "DOUBT_EXIT", 2)
+        mp.setattr(deflate_module, "FAST_LEVEL_MIN_SIZE", 128)
+        yield
+
+
+policy_messages = st.lists(
+    st.tuples(
+        st.booleans(),  # compressible?
+        st.integers(min_value=0, max_value=600),  # size
+        st.integers(min_value=0, max_value=2**32),  # seed
+        st.lists(st.integers(min_value=0), max_size=3),  # fragment cuts
+        st.sampled_from([None, None, None, True, False]),  # compress= override
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    no_context_takeover=st.booleans(),
+    bits=st.integers(min_value=9, max_value=15),
+    level=st.integers(min_value=0, max_value=9),
+    messages=policy_messages,
+)
+def test_policy_switches_round_trip(
+    no_context_takeover: bool,
+    bits: int,
+    level: int,
+    messages: list[tuple[bool, int, int, list[int], bool | None]],
+) -> None:
+    """Random mixes of stored, fast and normal messages, fragmented or not, decode exactly."""
+    with small_policy():
+        sender = PerMessageDeflate(
+            is_server_side=True,
+            server_no_context_takeover=no_context_takeover,
+            server_max_window_bits=bits,
+            compress_level=level,
+            min_size=0,
+        )
+        peer = PerMessageDeflate(
+            is_server_side=False,
+            server_no_context_takeover=no_context_takeover,
+            server_max_window_bits=bits,
+        )
+        inflater = zlib.decompressobj(-bits)
+        for compressible, size, seed, cuts, force in messages:
+            message = TEXT[seed % 1000 :][:size] if compressible else noise(size, seed)
+            fragments = split(message, cuts)
+            compress = sender.should_compress(len(fragments[0])) if force is None else force
+            if not compress:
+                continue  # sent as is (RSV1 clear): neither side's window sees it
+            payload = b"".join(
+                sender.deflate(fragment, fin=i == len(fragments) - 1)
+                for i, fragment in enumerate(fragments)
+            )
+            assert inflate_all(peer, payload) == message
+            if no_context_takeover:
+                inflater = zlib.decompressobj(-bits)
+            assert inflater.decompress(payload + TAIL) == message
