@@ -72,12 +72,7 @@ class ClientConnection(WebSocket):
             if not self.opened.done():
                 self.opened.set_result(None)
             self.start_keepalive()
-            events = proto.events_received()
-            if events:
-                self._handle_events(events)
-            if proto.failure is not None and proto.close_sent is None:
-                self._maybe_fail()
-            self._flush()
+            self._process_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Fail the pending open, if any."""

@@ -154,6 +154,11 @@ class WebSocket(asyncio.Protocol):
         proto = self.proto
         self.bytes_in += len(data)
         proto.receive_data(data)
+        self._process_received()
+
+    def _process_received(self) -> None:
+        """Take the core's events, fail it if it found an error, write what it produced."""
+        proto = self.proto
         events = proto.events_received()
         if events:
             self._handle_events(events)
@@ -173,8 +178,6 @@ class WebSocket(asyncio.Protocol):
                 self._pong(event.data)
             elif type(event) is CloseReceived:
                 self._close_received()
-            else:
-                self._on_other_event(event)
         waiter = self._recv_waiter
         if waiter is not None and messages:
             self._recv_waiter = None
@@ -188,9 +191,6 @@ class WebSocket(asyncio.Protocol):
             self._paused_reading = True
             assert self.transport is not None
             self.transport.pause_reading()
-
-    def _on_other_event(self, event: Any) -> None:
-        """Hook for subclasses (the handshake phase)."""
 
     def _close_received(self) -> None:
         self._wake_reader()
@@ -253,12 +253,12 @@ class WebSocket(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._scheduled_flush)
 
-    def _close_transport(self) -> None:
-        """Close TCP now (server, or client after failing) or soon (client, clean close)."""
+    def _close_transport(self, *, hard: bool = False) -> None:
+        """Close TCP now (server, or ``hard`` after failing) or soon (client, clean close)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self.proto.side.value == "client" and self.proto.state is not State.CLOSED:
+        if not hard and self.proto.side.value == "client" and self.proto.state is not State.CLOSED:
             # RFC 6455 7.1.1: the server closes TCP first; give it close_timeout.
             if self._close_timer is None:
                 timeout = self.options.close_timeout
@@ -494,15 +494,7 @@ class WebSocket(asyncio.Protocol):
         if self.proto.close_sent is None and self.proto.state is not State.CLOSED:
             self.proto.fail(code, reason)
             self._flush()
-            self._close_transport_hard()
-
-    def _close_transport_hard(self) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.close()
-            timeout = self.options.close_timeout
-            if timeout is not None and self._close_timer is None:
-                self._close_timer = self.loop.call_later(timeout, self._abort)
+            self._close_transport(hard=True)
 
     # -------------------------------------------------------------- keepalive
 

@@ -121,12 +121,7 @@ class ServerConnection(WebSocket):
         self.path_params = params
         self.server.upgrades += 1
         self.start_keepalive()
-        events = self.proto.events_received()  # frames pipelined after the request
-        if events:
-            self._handle_events(events)
-        self._flush()
-        if self.proto.failure is not None and self.proto.close_sent is None:
-            self._maybe_fail()
+        self._process_received()  # frames pipelined after the request
         task = self.loop.create_task(self._run(handler))
         self.handler_task = task
         self.server.handler_tasks.add(task)
