@@ -20,6 +20,12 @@ __all__ = [
     "InvalidState",
     "ConcurrencyError",
     "RealtimeError",
+    "Rejected",
+    "Unauthorized",
+    "RateLimited",
+    "RPCError",
+    "RPCTimeout",
+    "BrokerError",
 ]
 
 
@@ -100,6 +106,56 @@ class ConcurrencyError(TidewireError, RuntimeError):
 
 
 class RealtimeError(TidewireError):
-    """Errors of the messaging layer; ``code`` goes on the wire."""
+    """Errors of the messaging layer; ``code`` (a short string) goes on the wire.
+
+    Raise one from a handler or middleware and the client gets
+    ``{"type":"error","code":code,"message":str(exc)}`` (or an ``rpc_result``
+    error for an RPC).
+    """
 
     code = "error"
+
+    def __init__(self, message: str = "", code: str | None = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        if code is not None:
+            self.code = code
+
+
+class Rejected(RealtimeError):
+    """A middleware, validator or authorization hook refused the message."""
+
+    code = "rejected"
+
+
+class Unauthorized(RealtimeError):
+    """Missing, invalid or expired credentials."""
+
+    code = "unauthorized"
+
+
+class RateLimited(RealtimeError):
+    """A rate limit fired; ``retry_after`` seconds until a token is available."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str = "", retry_after: float = 0.0) -> None:
+        super().__init__(message or f"rate limited; retry after {retry_after:.3f} s")
+        self.retry_after = retry_after
+
+
+class RPCError(RealtimeError):
+    """An RPC failed; ``code`` is no_such_method, handler_error, disconnected, ..."""
+
+    code = "handler_error"
+
+
+class RPCTimeout(RPCError, TimeoutError):
+    """An RPC got no answer within its timeout."""
+
+    code = "timeout"
+
+
+class BrokerError(RealtimeError):
+    """The broker (e.g. Redis) is unreachable or refused an operation."""
+
+    code = "broker_unavailable"

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from tidewire.errors import ProtocolError
 from tidewire.protocol.close import (
+    CloseAction,
+    action_for,
     MAX_REASON_BYTES,
     Close,
     CloseCode,
@@ -86,9 +88,37 @@ def test_close_code_enum_values() -> None:
 
 def test_tidewire_codes_are_private_use() -> None:
     """tidewire's own codes live in the private-use range 4000-4999 (section 7.4.2)."""
-    for code in (CloseCode.UNAUTHORIZED, CloseCode.RATE_LIMITED, CloseCode.SLOW_CONSUMER):
-        assert 4000 <= code <= 4999
-        assert is_valid_received_code(code)
+    for code in CloseCode:
+        if code >= 4000:
+            assert 4000 <= code <= 4999
+            assert is_valid_received_code(code)
+
+
+@pytest.mark.parametrize(
+    ("code", "action"),
+    [
+        (1000, CloseAction.STOP),
+        (1001, CloseAction.RECONNECT),
+        (1006, CloseAction.BACKOFF),
+        (1008, CloseAction.STOP),
+        (1011, CloseAction.BACKOFF),
+        (1012, CloseAction.RECONNECT),
+        (1013, CloseAction.BACKOFF),
+        (CloseCode.RECONNECT, CloseAction.RECONNECT),
+        (CloseCode.SLOW_CONSUMER, CloseAction.RECONNECT),
+        (CloseCode.TRY_LATER, CloseAction.BACKOFF),
+        (CloseCode.IDLE, CloseAction.BACKOFF),
+        (CloseCode.TOKEN_EXPIRED, CloseAction.REAUTH),
+        (CloseCode.AUTH_TIMEOUT, CloseAction.REAUTH),
+        (CloseCode.FORBIDDEN, CloseAction.STOP),
+        (4999, CloseAction.STOP),
+        (4300, CloseAction.BACKOFF),
+        (3000, CloseAction.BACKOFF),
+    ],
+)
+def test_close_taxonomy(code: int, action: CloseAction) -> None:
+    """Each close code maps to the action a client takes (docs/protocol.md)."""
+    assert action_for(code) is action
 
 
 # ----------------------------------------------------------------------------- parse

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 from tidewire.errors import ProtocolError
 
-__all__ = ["CloseCode", "Close", "is_valid_received_code", "MAX_REASON_BYTES"]
+__all__ = [
+    "CloseCode",
+    "Close",
+    "CloseAction",
+    "action_for",
+    "is_valid_received_code",
+    "MAX_REASON_BYTES",
+]
 
 #: A control frame payload is at most 125 bytes; two of them hold the code.
 MAX_REASON_BYTES = 123
@@ -32,10 +39,62 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013
     BAD_GATEWAY = 1014
     TLS_HANDSHAKE = 1015  # never on the wire
-    # tidewire application codes (4000-4999 are private use, RFC 6455 7.4.2)
-    UNAUTHORIZED = 4001
-    RATE_LIMITED = 4008
-    SLOW_CONSUMER = 4009
+    # tidewire application codes (4000-4999 are private use, RFC 6455 7.4.2),
+    # in ranges that tell a client what to do (see CloseAction, docs/protocol.md).
+    # 4000-4099: reconnect now (with jitter); nothing is wrong with the client.
+    RECONNECT = 4000
+    SLOW_CONSUMER = 4001
+    # 4100-4199: reconnect with exponential back-off.
+    TRY_LATER = 4100
+    IDLE = 4101
+    # 4200-4299: get a fresh token, then reconnect.
+    TOKEN_EXPIRED = 4200
+    AUTH_TIMEOUT = 4201
+    # 4500-4999: stop; reconnecting would fail the same way.
+    FORBIDDEN = 4500
+    BAD_REQUEST = 4501
+    UNSUPPORTED_PROTOCOL = 4502
+
+
+class CloseAction(enum.Enum):
+    """What a client does after a close with a given code."""
+
+    RECONNECT = "reconnect"
+    BACKOFF = "backoff"
+    REAUTH = "reauth"
+    STOP = "stop"
+
+
+_STANDARD_ACTIONS = {
+    1000: CloseAction.STOP,
+    1001: CloseAction.RECONNECT,
+    1002: CloseAction.STOP,
+    1003: CloseAction.STOP,
+    1007: CloseAction.STOP,
+    1008: CloseAction.STOP,
+    1009: CloseAction.STOP,
+    1010: CloseAction.STOP,
+    1012: CloseAction.RECONNECT,
+}
+
+
+def action_for(code: int) -> CloseAction:
+    """What a client should do after a close with ``code``.
+
+    Normal closure and peer-fault codes stop; going-away and service-restart
+    reconnect at once; the 4xxx ranges say it themselves; everything else
+    (1006 abnormal, 1011, 1013, unknown codes) reconnects with back-off.
+    """
+    action = _STANDARD_ACTIONS.get(code)
+    if action is not None:
+        return action
+    if 4000 <= code <= 4099:
+        return CloseAction.RECONNECT
+    if 4200 <= code <= 4299:
+        return CloseAction.REAUTH
+    if 4500 <= code <= 4999:
+        return CloseAction.STOP
+    return CloseAction.BACKOFF
 
 
 _VALID_RECEIVED = frozenset(
