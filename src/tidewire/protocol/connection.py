@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Protocol, cast
 
 from tidewire._types import BytesLike
 from tidewire.errors import InvalidState, PayloadTooBig, ProtocolError
@@ -37,6 +37,7 @@ __all__ = [
     "State",
     "Connection",
     "MessageCodec",
+    "SharedCodec",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_FRAME_SIZE",
     "is_sendable_code",
@@ -84,6 +85,21 @@ class MessageCodec(Protocol):
 
     def should_compress(self, size: int) -> bool:
         """Whether a message of ``size`` bytes is worth compressing."""
+        ...
+
+
+class SharedCodec(Protocol):
+    """What an encode-once broadcast needs from a codec: compressing without its state.
+
+    Optional: a codec without these methods is always driven per connection.
+    """
+
+    def shared_key(self) -> Hashable | None:
+        """Equal for codecs whose ``deflate_shared`` output is interchangeable; None if none is."""
+        ...
+
+    def deflate_shared(self, data: bytes) -> bytes:
+        """Compress one whole message independently of this codec's history and state."""
         ...
 
 
@@ -517,6 +533,74 @@ class Connection:
             self._out.append(self._frame(opcode, payload, fin, rsv1=bool(opcode)))
         else:
             self._out.append(self._frame(opcode, data, fin))
+
+    @property
+    def sending_fragments(self) -> bool:
+        """True between the first and the last fragment of a message being sent (section 5.4)."""
+        return bool(self._send_op)
+
+    @property
+    def pending_size(self) -> int:
+        """Bytes queued for :meth:`data_to_send` and not taken yet."""
+        return sum(map(len, self._out))
+
+    # ------------------------------------------------- frames shared by many connections
+
+    def share_key(self, size: int, compress: bool | None = None) -> Hashable | None:
+        """What this connection's frame for a ``size``-byte message depends on, if shareable.
+
+        Connections with equal keys accept the same frame bytes, so an
+        encode-once broadcast builds that frame once per key with
+        :meth:`frame_for_sharing` and queues it on each with :meth:`send_frame`.
+        ``()`` stands for a plain frame: unmasked and uncompressed.  None means
+        only this connection can frame the message: a client masks every frame
+        with a fresh key (RFC 6455 section 5.3), and a compressor with context
+        takeover depends on every message sent before (RFC 7692 section 7.1.1).
+        ``compress`` overrides the compression threshold, as for :meth:`send_text`.
+        """
+        if self._masks is not None:
+            return None
+        codec = self._codec
+        if codec is None or not (compress if compress is not None else codec.should_compress(size)):
+            return ()
+        shared = cast("Callable[[], Hashable | None] | None", getattr(codec, "shared_key", None))
+        return shared() if shared is not None else None
+
+    def frame_for_sharing(self, data: bytes, *, text: bool, compress: bool | None = None) -> bytes:
+        """One whole message as a frame for every connection whose :meth:`share_key` matches.
+
+        ``data`` is the payload (UTF-8 for text, not re-validated); ``compress``
+        as for :meth:`share_key`.  This connection's state, its compressor's
+        included, is left alone.  Raise InvalidState when :meth:`share_key` is
+        None: then only :meth:`send_text` / :meth:`send_binary` can frame it.
+        """
+        key = self.share_key(len(data), compress)
+        if key is None:
+            raise InvalidState("this connection's frames cannot be shared; send them directly")
+        opcode = _TEXT if text else _BINARY
+        if key == ():
+            return frame_header(opcode, len(data)) + data
+        codec = cast(SharedCodec, self._codec)
+        payload = codec.deflate_shared(data)
+        # RFC 7692 section 6: RSV1 marks the (first) frame of a compressed message.
+        return frame_header(opcode, len(payload), rsv1=True) + payload
+
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a whole data frame built by :meth:`frame_for_sharing`.
+
+        The frame may come from another connection with an equal
+        :meth:`share_key`; the caller vouches for that.  Raise InvalidState
+        when the connection is not OPEN, while a fragmented message is being
+        sent (section 5.4: its fragments may not be interleaved with another
+        data frame), and on the client side (section 5.3: a client masks each
+        frame with its own key).
+        """
+        if self.state is not State.OPEN or self._send_op or self._masks is not None:
+            self._check_open()
+            if self._send_op:
+                raise InvalidState("a fragmented message is being sent; continue it first")
+            raise InvalidState("a client masks each frame with its own key; send it directly")
+        self._out.append(frame)
 
     def send_text(
         self, data: str | BytesLike, *, fin: bool = True, compress: bool | None = None

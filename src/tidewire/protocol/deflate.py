@@ -742,6 +742,38 @@ class PerMessageDeflate:
         self._judge(self._message_in, self._message_out + len(out))
         return out or _EMPTY_BLOCK
 
+    def shared_key(self) -> tuple[str, int, int, int] | None:
+        """Equal for every codec whose :meth:`deflate_shared` output is the same; None if unsafe.
+
+        Only without context takeover on our side (RFC 7692 section 7.1.1) is
+        each message compressed with nothing before it in the window, so only
+        then may many connections share one compressed frame: the key names
+        what else shapes the bytes (window, level, memLevel).  None with
+        context takeover, and when our window is 8 bits (nothing is compressed).
+        """
+        if not self.local_no_context_takeover or not self.can_compress:
+            return None
+        return (EXTENSION_NAME, self.local_max_window_bits, self.compress_level, self.mem_level)
+
+    def deflate_shared(self, data: BytesLike) -> bytes:
+        """Compress one whole message with a fresh compressor, touching none of our state.
+
+        The output depends on ``data`` and :meth:`shared_key` only, so an
+        encode-once broadcast sends it on every connection with an equal key
+        (and only there: with context takeover it would desynchronize this
+        codec's compressor from the peer's window, RFC 7692 section 7.2.3.2).
+        Always at ``compress_level``: the fast level trades bytes for CPU, but
+        here the CPU is spent once and the bytes once per receiver.  No
+        adaptive skipping either: that judges one connection's stream.
+        """
+        compressor = zlib.compressobj(
+            self.compress_level, zlib.DEFLATED, -self.local_max_window_bits, self.mem_level
+        )
+        out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if out.endswith(_TAIL):
+            out = out[: -len(_TAIL)]
+        return out or _EMPTY_BLOCK
+
     def _start_message(self, data: BytesLike, size: int) -> None:
         # Adaptive skipping: while in doubt, a large message whose sample does
         # not compress goes out as stored blocks.  The peer's window then holds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tidewire.transport.broadcast import broadcast
 from tidewire.transport.client import ClientConnection, connect
 from tidewire.transport.connection import Data, WebSocket
 from tidewire.transport.options import DEFAULTS, Options
@@ -17,6 +18,7 @@ __all__ = [
     "Server",
     "ServerConnection",
     "WebSocket",
+    "broadcast",
     "connect",
     "serve",
 ]

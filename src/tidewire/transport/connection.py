@@ -138,6 +138,19 @@ class WebSocket(asyncio.Protocol):
             return None
         return self.proto.close_reason
 
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes accepted by send(), send_nowait() or broadcast() but not yet written to the socket.
+
+        The transport's write buffer plus the frames waiting for the flush
+        scheduled for this loop iteration, like the browser's
+        ``WebSocket.bufferedAmount``.  A broadcaster reads it to find slow
+        receivers: it grows while the peer does not read.
+        """
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return buffered + self.proto.pending_size
+
     # ------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -299,12 +312,51 @@ class WebSocket(asyncio.Protocol):
         else:
             await self._send_fragments(message, compress)
             return
+        self._queued(len(message))
+        if self._write_paused:
+            await self._drain()
+
+    def send_nowait(
+        self, message: str | bytes | bytearray | memoryview, *, compress: bool | None = None
+    ) -> None:
+        """Queue a text (``str``) or binary (``bytes``) message without waiting.
+
+        The frame is written with this loop iteration's flush, or at once when
+        what is pending would pass ``write_high_water`` (so ``pause_writing``
+        still fires); nothing waits for the buffer to drain: a caller that
+        keeps its own bounded queue watches :attr:`buffered_amount` instead.
+        ``compress`` overrides the compression threshold for this message.
+        Raises ConnectionClosed once closing, like :meth:`send`, and
+        ConcurrencyError while a fragmented message is being sent.
+        """
+        proto = self.proto
+        if proto.state is not State.OPEN:
+            raise self._closed_exc()
+        if self._sending_stream:
+            raise ConcurrencyError("a fragmented message is being sent")
+        if isinstance(message, str):
+            proto.send_text(message, compress=compress)
+        elif isinstance(message, bytes | bytearray | memoryview):
+            proto.send_binary(message, compress=compress)
+        else:
+            raise TypeError(f"send_nowait() takes str or bytes, not {type(message).__name__}")
+        self._queued(len(message))
+
+    def _queued(self, size: int, batch: list[WebSocket] | None = None) -> None:
+        """Account one message of ``size`` bytes the core just framed, and get it written.
+
+        With ``batch`` (a broadcast), a connection that needs a flush scheduled
+        is appended to it instead, and the caller schedules one callback that
+        flushes the whole batch: one ``call_soon`` per receiver (a Handle and a
+        context copy each) took about as long as the writes themselves in a
+        2,000-member room (cProfile, bench/broadcast.py).
+        """
         self.messages_out += 1
         # Batched writes must not hide backpressure: once what waits for the
         # scheduled flush would take the transport past high water, write now so
         # pause_writing() fires and this send() waits (else a loop of sends that
         # never suspends queues without bound and starves the event loop).
-        self._unflushed += len(message)
+        self._unflushed += size
         transport = self.transport
         if (
             transport is not None
@@ -312,10 +364,11 @@ class WebSocket(asyncio.Protocol):
         ):
             self._unflushed = 0
             self._flush()
-        else:
+        elif batch is None:
             self._schedule_flush()
-        if self._write_paused:
-            await self._drain()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            batch.append(self)
 
     async def _send_fragments(
         self, message: Iterable[Data] | AsyncIterable[Data], compress: bool | None
