@@ -22,6 +22,7 @@ __all__ = [
     "RealtimeError",
     "Rejected",
     "Unauthorized",
+    "TokenExpired",
     "RateLimited",
     "RPCError",
     "RPCTimeout",
@@ -131,6 +132,12 @@ class Unauthorized(RealtimeError):
     """Missing, invalid or expired credentials."""
 
     code = "unauthorized"
+
+
+class TokenExpired(Unauthorized):
+    """The credentials expired: get a fresh token (close 4200 asks the client to)."""
+
+    code = "token_expired"
 
 
 class RateLimited(RealtimeError):

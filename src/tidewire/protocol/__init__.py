@@ -6,6 +6,7 @@ from tidewire.protocol.close import Close, CloseCode
 from tidewire.protocol.connection import Connection, Side, State
 from tidewire.protocol.events import CloseReceived, Event, Message, Ping, Pong
 from tidewire.protocol.frames import Opcode, serialize_frame
+from tidewire.protocol.http import Headers, Request, Response
 
 __all__ = [
     "Close",
@@ -13,10 +14,13 @@ __all__ = [
     "CloseReceived",
     "Connection",
     "Event",
+    "Headers",
     "Message",
     "Opcode",
     "Ping",
     "Pong",
+    "Request",
+    "Response",
     "Side",
     "State",
     "serialize_frame",

@@ -1,0 +1,32 @@
+"""The messaging layer: App, sessions, rooms, channels, RPC, auth and limits (docs/protocol.md)."""
+
+from __future__ import annotations
+
+from tidewire.realtime.app import App
+from tidewire.realtime.auth import HMACVerifier, Identity, JWTVerifier, sign_token
+from tidewire.realtime.brokers import Broker, MemoryBroker
+from tidewire.realtime.channels import Publication
+from tidewire.realtime.context import Context
+from tidewire.realtime.limits import RateLimit, RateLimits
+from tidewire.realtime.options import AppOptions
+from tidewire.realtime.session import Session
+from tidewire.realtime.static import static_file
+from tidewire.realtime.wire import SUBPROTOCOL
+
+__all__ = [
+    "App",
+    "AppOptions",
+    "Broker",
+    "Context",
+    "HMACVerifier",
+    "Identity",
+    "JWTVerifier",
+    "MemoryBroker",
+    "Publication",
+    "RateLimit",
+    "RateLimits",
+    "SUBPROTOCOL",
+    "Session",
+    "sign_token",
+    "static_file",
+]

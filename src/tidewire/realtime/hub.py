@@ -1,0 +1,160 @@
+"""Hub: this node's sessions, users, rooms and channel subscribers, and local fan-out.
+
+Fan-out encodes an envelope once and hands the same text to
+:func:`tidewire.transport.broadcast`, which frames it once per compression
+profile and writes the same bytes to every receiver.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+# Through the package: ``from tidewire.transport import broadcast`` names a submodule too,
+# and realtime may use only what tidewire.transport exports (tests/test_layers.py).
+import tidewire.transport as transport
+from tidewire.realtime.brokers.base import Target
+
+if TYPE_CHECKING:
+    from tidewire.realtime.session import Session
+
+__all__ = ["Hub", "Room"]
+
+
+class Room:
+    """The local members of one room, by connection and by user."""
+
+    __slots__ = ("name", "conns", "users", "keys")
+
+    def __init__(self, name: str) -> None:
+        """An empty room."""
+        self.name = name
+        self.conns: dict[str, Session] = {}
+        self.users: dict[str, dict[str, Session]] = {}
+        #: The key each connection joined under: an anonymous session that
+        #: authenticates later changes its ``key`` but stays listed under the old one.
+        self.keys: dict[str, str] = {}
+
+    def add(self, session: Session) -> bool:
+        """Add a connection; True when it is its user's first in the room."""
+        key = self.keys.setdefault(session.id, session.key)
+        self.conns[session.id] = session
+        sessions = self.users.setdefault(key, {})
+        sessions[session.id] = session
+        return len(sessions) == 1
+
+    def remove(self, session: Session) -> bool:
+        """Remove a connection; True when it was its user's last in the room."""
+        self.conns.pop(session.id, None)
+        key = self.keys.pop(session.id, session.key)
+        sessions = self.users.get(key)
+        if sessions is None:
+            return False
+        sessions.pop(session.id, None)
+        if sessions:
+            return False
+        del self.users[key]
+        return True
+
+    def key_of(self, session: Session) -> str:
+        """The key ``session`` is listed under in this room."""
+        return self.keys.get(session.id, session.key)
+
+
+class Hub:
+    """Local registry and delivery; implements the broker's :class:`Node` callback."""
+
+    def __init__(self) -> None:
+        """Nothing connected yet."""
+        self.sessions: dict[str, Session] = {}
+        self.users: dict[str, dict[str, Session]] = {}
+        self.rooms: dict[str, Room] = {}
+        self.subscribers: dict[str, dict[str, Session]] = {}
+        self.deliveries = 0
+
+    # --------------------------------------------------------------- registry
+
+    def add(self, session: Session) -> None:
+        """Register a connected session."""
+        self.sessions[session.id] = session
+
+    def identify(self, session: Session) -> None:
+        """Index a session under its user once it authenticated."""
+        if session.user is not None:
+            self.users.setdefault(session.user, {})[session.id] = session
+
+    def remove(self, session: Session) -> None:
+        """Forget a session everywhere (rooms are left by the caller first)."""
+        self.sessions.pop(session.id, None)
+        if session.user is not None:
+            sessions = self.users.get(session.user)
+            if sessions is not None:
+                sessions.pop(session.id, None)
+                if not sessions:
+                    del self.users[session.user]
+        for channel in list(session.channels):
+            self.unsubscribe(session, channel)
+
+    def join(self, session: Session, room: str) -> bool:
+        """Add ``session`` to ``room``; True when its user was not in the room yet."""
+        entry = self.rooms.get(room)
+        if entry is None:
+            entry = self.rooms[room] = Room(room)
+        session.rooms.add(room)
+        return entry.add(session)
+
+    def leave(self, session: Session, room: str) -> bool:
+        """Remove ``session`` from ``room``; True when it was its user's last connection there."""
+        session.rooms.discard(room)
+        entry = self.rooms.get(room)
+        if entry is None:
+            return False
+        last = entry.remove(session)
+        if not entry.conns:
+            del self.rooms[room]
+        return last
+
+    def members(self, room: str) -> list[str]:
+        """The users (or anonymous connection ids) in ``room``, sorted."""
+        entry = self.rooms.get(room)
+        return sorted(entry.users) if entry is not None else []
+
+    def subscribe(self, session: Session, channel: str) -> None:
+        """Deliver ``channel``'s publications to ``session``."""
+        self.subscribers.setdefault(channel, {})[session.id] = session
+        session.channels.add(channel)
+
+    def unsubscribe(self, session: Session, channel: str) -> None:
+        """Stop delivering ``channel`` to ``session``."""
+        session.channels.discard(channel)
+        subs = self.subscribers.get(channel)
+        if subs is not None:
+            subs.pop(session.id, None)
+            if not subs:
+                del self.subscribers[channel]
+
+    # --------------------------------------------------------------- delivery
+
+    def receivers(self, target: Target, name: str) -> list[Session]:
+        """The local sessions a delivery to ``target``/``name`` reaches."""
+        if target is Target.ROOM:
+            entry = self.rooms.get(name)
+            return list(entry.conns.values()) if entry is not None else []
+        if target is Target.CHANNEL:
+            return list(self.subscribers.get(name, {}).values())
+        if target is Target.USER:
+            return list(self.users.get(name, {}).values())
+        if target is Target.CONNECTION:
+            session = self.sessions.get(name)
+            return [session] if session is not None else []
+        return list(self.sessions.values())
+
+    def deliver(self, target: Target, name: str, text: str, exclude: str | None) -> None:
+        """Write ``text`` to every local receiver (frames built once), then police backlogs."""
+        sessions = self.receivers(target, name)
+        if exclude is not None:
+            sessions = [s for s in sessions if s.id != exclude]
+        if not sessions:
+            return
+        self.deliveries += transport.broadcast([s.ws for s in sessions if not s.closing], text)
+        for session in sessions:
+            session.check_backlog()
