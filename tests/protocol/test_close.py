@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from tidewire.errors import ProtocolError
 from tidewire.protocol.close import (
-    CloseAction,
-    action_for,
     MAX_REASON_BYTES,
     Close,
+    CloseAction,
     CloseCode,
+    action_for,
     is_valid_received_code,
 )
 from tidewire.protocol.connection import is_sendable_code

@@ -6,7 +6,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from tidewire.apps.cli import echo
+from tidewire.apps.cli import connect, echo, serve
 
 __all__ = ["main", "build_parser"]
 
@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve.register(sub)
+    connect.register(sub)
     echo.register(sub)
     return parser
 

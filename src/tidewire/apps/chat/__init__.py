@@ -1,0 +1,8 @@
+"""The chat application: `tidewire serve` (handlers, SQLite history, web UI)."""
+
+from __future__ import annotations
+
+from tidewire.apps.chat.handlers import ChatLimits, build_app
+from tidewire.apps.chat.store import MessageStore
+
+__all__ = ["ChatLimits", "MessageStore", "build_app"]
