@@ -368,7 +368,7 @@ async def test_broadcast_from_clients_masks_each_frame() -> None:
 
 
 async def test_writes_are_coalesced_and_counted_like_send() -> None:
-    """Broadcasts in one loop turn cost one write per connection; counters match send()."""
+    """A burst of broadcasts costs two writes per receiver (first direct); counters match."""
     async with asyncio.timeout(T), room([PLAIN, PLAIN, NCT, NCT]) as r:
         writes: Counter[int] = Counter()
         for ws in r.conns:
@@ -391,7 +391,7 @@ async def test_writes_are_coalesced_and_counted_like_send() -> None:
                 await ws.send(message)
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        assert writes == Counter({ws.id: 1 for ws in r.conns})
+        assert writes == Counter({ws.id: 2 if ws in by_broadcast else 1 for ws in r.conns})
         for a, b in zip(by_broadcast, by_send, strict=True):
             assert a.messages_out == b.messages_out == len(messages)
             assert a.bytes_out == b.bytes_out
@@ -590,3 +590,29 @@ def test_send_frame_checks_state_role_and_fragments() -> None:
     server.send_close()
     with pytest.raises(InvalidState):
         server.send_frame(frame)
+
+
+async def test_first_broadcast_of_a_turn_is_written_at_once() -> None:
+    """The first broadcast in a loop turn writes during the call; the next waits for the flush."""
+    async with asyncio.timeout(T), room([PLAIN, PLAIN]) as r:
+        await asyncio.sleep(0)  # start a fresh loop turn
+        writes: list[bytes] = []
+        for ws in r.conns:
+            transport = ws.transport
+            assert transport is not None
+            real = transport.write
+
+            def counted(data: Any, _real: Callable[[Any], None] = real) -> None:
+                writes.append(bytes(data))
+                _real(data)
+
+            transport.write = counted  # type: ignore[method-assign]
+        broadcast(r.conns, "one")
+        assert len(writes) == 2 and all(ws.buffered_amount == 0 for ws in r.conns)
+        broadcast(r.conns, "two")
+        assert len(writes) == 2 and all(ws.buffered_amount > 0 for ws in r.conns)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(writes) == 4
+        for client in r.clients:
+            assert await recv_n(client, 2) == ["one", "two"]

@@ -15,10 +15,15 @@ connections' :meth:`~tidewire.protocol.connection.Connection.share_key`:
   context takeover depends on that connection's history, and a client masks
   every frame with its own key (RFC 6455 section 5.3).
 
-Writes go through each connection's coalescing flush (one ``transport.write``
-per loop iteration and connection; one ``call_soon`` per broadcast schedules
-the flushes of all its receivers) and its high-water check, so
-``pause_writing`` still fires; broadcast never waits for a slow receiver.
+Writes: the first broadcast of a loop iteration writes each idle receiver's
+frame at once (one pass over the room, one ``transport.write`` each); later
+broadcasts in the same iteration are queued and flushed together at its end
+(one ``call_soon`` per broadcast schedules the flushes of all its receivers).
+So a burst of K broadcasts costs at most two writes per receiver instead of K,
+and a lone broadcast touches each receiver once: queueing it too measured 20 %
+slower at 10,000 receivers (the second pass over the connections).  The
+high-water check still applies, so ``pause_writing`` fires; broadcast never
+waits for a slow receiver.
 Slow-receiver policy is the caller's: read
 :attr:`~tidewire.transport.connection.WebSocket.buffered_amount` and drop or
 close receivers that fall behind.
@@ -64,7 +69,9 @@ def broadcast(
         text = False
     else:
         raise TypeError(f"broadcast() takes str or bytes, not {type(message).__name__}")
+    global _turn_bump_pending
     size = len(payload)
+    turn = _turn
     frames: dict[Hashable, bytes] = {}
     batch: list[WebSocket] = []
     loop: asyncio.AbstractEventLoop | None = None
@@ -76,6 +83,9 @@ def broadcast(
             continue
         if loop is None:
             loop = ws.loop
+            if not _turn_bump_pending:
+                _turn_bump_pending = True
+                loop.call_soon(_next_turn)
         key = proto.share_key(size, compress)
         if key is None:
             if text:
@@ -87,12 +97,32 @@ def broadcast(
             if frame is None:
                 frame = frames[key] = proto.frame_for_sharing(payload, text=text, compress=compress)
             proto.send_frame(frame)
-        ws._queued(size, batch if ws.loop is loop else None)
+        if ws._direct_turn != turn and not ws._flush_scheduled:
+            ws._direct_turn = turn
+            ws.messages_out += 1
+            try:
+                ws._flush()
+            except Exception:  # noqa: BLE001 - one broken transport must not stall the others
+                logger.exception("flushing connection %s in a broadcast failed", ws.id)
+        else:
+            ws._queued(size, batch if ws.loop is loop else None)
         queued += 1
     if batch:
         assert loop is not None
         loop.call_soon(_flush_batch, batch)
     return queued
+
+
+#: Loop iterations seen by broadcast(): a receiver written directly in this
+#: iteration gets later broadcasts of the same iteration queued and coalesced.
+_turn = 0
+_turn_bump_pending = False
+
+
+def _next_turn() -> None:
+    global _turn, _turn_bump_pending
+    _turn += 1
+    _turn_bump_pending = False
 
 
 def _flush_batch(batch: list[WebSocket]) -> None:

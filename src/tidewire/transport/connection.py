@@ -73,6 +73,7 @@ class WebSocket(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._flush_scheduled = False
+        self._direct_turn = -1  # the broadcast() turn this connection was last written in
         self._unflushed = 0  # bytes sent since the last scheduled flush
         self._closed = self.loop.create_future()
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
