@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -433,3 +434,24 @@ async def test_on_connect_crash_closes_1011() -> None:
     async with app.serve("127.0.0.1", 0) as server, connect(server, hello=False) as a:
         assert await a.expect_closed(1011) == []
         assert app.hub.sessions == {}
+
+
+async def test_big_room_gets_batched_presence_counts_instead_of_events() -> None:
+    """Above presence_events_max users, joins and leaves give one batched presence count."""
+    app = App(presence_events_max=2, presence_interval=0.05, max_members_listed=2)
+    async with app.serve("127.0.0.1", 0) as server, contextlib.AsyncExitStack() as stack:
+        peers = [await stack.enter_async_context(connect(server)) for _ in range(4)]
+        first = await peers[0].join("big")
+        second = await peers[1].join("big")
+        assert first["members"] and len(second["members"]) == 2
+        assert (await peers[0].recv())["type"] == "userJoined"
+        third = await peers[2].join("big")
+        assert third["count"] == 3 and "members" not in third
+        fourth = await peers[3].join("big")
+        assert fourth["count"] == 4
+        for peer in peers:
+            assert await peer.recv() == {"type": "presence", "room": "big", "count": 4}
+        await peers[3].ws.close()
+        for peer in peers[:3]:
+            assert await peer.recv() == {"type": "presence", "room": "big", "count": 3}
+            await peer.barrier()

@@ -33,7 +33,7 @@ SCHEMA_DIR = ROOT / "docs" / "schema" / "v1"
 BASE_URI = "https://tidewire.invalid/schema/v1/"
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 #: Reserved for the server but never sent in v1, so they have no schema.
-NEVER_SENT = frozenset({"presence", "batch"})
+NEVER_SENT = frozenset({"batch"})
 SERVER_SENT = SERVER_TYPES - NEVER_SENT
 SECRET = b"0123456789abcdef0123456789abcdef"
 #: Seconds any single receive may take before the test fails instead of hanging.
@@ -432,6 +432,18 @@ async def test_live_server_messages_match_their_schemas() -> None:
         await a.expect("userLeft", room="lobby", user=b_id)
         await a.send({"type": "leave", "room": "lobby"})
         await a.expect("left", room="lobby")
+
+        # a big room (more users than presence_events_max): batched presence counts
+        async with running(presence_events_max=1, presence_interval=0.05) as big:
+            d, e = await big.connect(), await big.connect()
+            await d.expect("connection")
+            await e.expect("connection")
+            await d.send({"type": "join", "room": "big"})
+            await d.expect("joined", room="big", count=1)
+            await e.send({"type": "join", "room": "big"})
+            await e.expect("joined", room="big", count=2)
+            await d.expect("presence", room="big", count=2)
+            live.seen |= big.seen
 
         expected = {f"server.{kind}" for kind in SERVER_SENT} | {"server.app"}
         assert live.seen == expected

@@ -44,8 +44,14 @@ class AppOptions:
     history_size: int = 100
     #: Seconds a publication stays in history; about 2 minutes covers a reconnect (Ably, Socket.IO).
     history_ttl: float | None = 300.0
-    #: Members listed in ``joined``; above it only a count is sent (big rooms).
+    #: Members listed in ``joined``; bigger rooms get only the ``count`` (listing
+    #: and sorting 10,000 names per join would make joining a big room O(N)).
     max_members_listed: int = 1000
+    #: Rooms with at most this many users get ``userJoined``/``userLeft`` per user;
+    #: bigger ones get a batched ``presence`` count (N joins would cost N^2 messages).
+    presence_events_max: int = 100
+    #: Seconds between the batched ``presence`` counts of a big room.
+    presence_interval: float = 1.0
 
     def with_(self, **changes: Any) -> AppOptions:
         """A copy with ``changes`` applied (unknown names raise TypeError)."""
