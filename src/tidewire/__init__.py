@@ -15,6 +15,9 @@ __all__ = [
     "serve",
     "connect",
     "WebSocket",
+    "App",
+    "Session",
+    "Client",
     "CloseCode",
     "TidewireError",
     "ConnectionClosed",
@@ -24,6 +27,9 @@ _LAZY = {
     "serve": "tidewire.transport",
     "connect": "tidewire.transport",
     "WebSocket": "tidewire.transport",
+    "App": "tidewire.realtime",
+    "Session": "tidewire.realtime",
+    "Client": "tidewire.realtime",
     "CloseCode": "tidewire.protocol.close",
     "TidewireError": "tidewire.errors",
     "ConnectionClosed": "tidewire.errors",
@@ -32,6 +38,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from tidewire.errors import ConnectionClosed, TidewireError
     from tidewire.protocol.close import CloseCode
+    from tidewire.realtime import App, Client, Session
     from tidewire.transport import WebSocket, connect, serve
 
 

@@ -6,6 +6,13 @@ from tidewire.realtime.app import App
 from tidewire.realtime.auth import HMACVerifier, Identity, JWTVerifier, sign_token
 from tidewire.realtime.brokers import Broker, MemoryBroker
 from tidewire.realtime.channels import Publication
+from tidewire.realtime.client import (
+    Client,
+    ClientState,
+    Disconnect,
+    OfflineQueueFull,
+    backoff_delay,
+)
 from tidewire.realtime.context import Context
 from tidewire.realtime.limits import RateLimit, RateLimits
 from tidewire.realtime.options import AppOptions
@@ -17,16 +24,21 @@ __all__ = [
     "App",
     "AppOptions",
     "Broker",
+    "Client",
+    "ClientState",
     "Context",
+    "Disconnect",
     "HMACVerifier",
     "Identity",
     "JWTVerifier",
     "MemoryBroker",
+    "OfflineQueueFull",
     "Publication",
     "RateLimit",
     "RateLimits",
     "SUBPROTOCOL",
     "Session",
+    "backoff_delay",
     "sign_token",
     "static_file",
 ]
