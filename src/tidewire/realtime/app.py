@@ -35,6 +35,7 @@ from tidewire.realtime.brokers.memory import MemoryBroker
 from tidewire.realtime.channels import Publication
 from tidewire.realtime.commands import BUILTIN_RPCS, COMMANDS
 from tidewire.realtime.context import Context
+from tidewire.realtime.flow import Policy, SlowConsumerPolicy
 from tidewire.realtime.hub import Hub
 from tidewire.realtime.limits import RateLimiter, RateLimits
 from tidewire.realtime.middleware import Middleware, run_chain
@@ -100,7 +101,10 @@ class App:
         )
         self.path = path
         self.clock = clock
-        self.hub = Hub()
+        self.policies: dict[tuple[str | None, str | None], SlowConsumerPolicy] = {
+            (None, None): SlowConsumerPolicy(Policy(self.options.slow_consumer))
+        }
+        self.hub = Hub(self.policy_for, batching=self.options.batch_interval is not None)
         self.handlers: dict[str, tuple[Handler, Mapping[str, Any] | None]] = {}
         self.rpcs: dict[str, RPCHandler] = dict(BUILTIN_RPCS)
         self.middleware: list[Middleware] = []
@@ -190,6 +194,36 @@ class App:
         """
         self.authorizer = authorizer
         return authorizer
+
+    def slow_consumer_policy(
+        self,
+        policy: str,
+        *,
+        room: str | None = None,
+        type: str | None = None,
+        key: tuple[str, ...] = (),
+    ) -> None:
+        """Choose what happens to messages for clients that do not keep up.
+
+        ``policy`` is ``disconnect``, ``drop`` or ``latest`` (see
+        :mod:`tidewire.realtime.flow`), for messages of ``type``, in ``room``,
+        or both; the most specific rule wins (type and room, then type, then
+        room, then the app's ``slow_consumer`` option).  For ``latest``,
+        ``key`` names the envelope fields that identify one ticker or cursor.
+        """
+        self.policies[(room, type)] = SlowConsumerPolicy(Policy(policy), tuple(key))
+
+    def policy_for(self, room: str | None, type: str | None) -> SlowConsumerPolicy:
+        """The slow-consumer policy for a message of ``type`` sent to ``room``."""
+        policies = self.policies
+        if len(policies) == 1:
+            return policies[(None, None)]
+        return (
+            policies.get((room, type))
+            or policies.get((None, type))
+            or policies.get((room, None))
+            or policies[(None, None)]
+        )
 
     # ------------------------------------------------------------- fan-out API
 
@@ -365,6 +399,7 @@ class App:
             if session.user is not None:
                 hello["user"] = session.user
             session.send(hello)
+            session.flush()  # the hello never waits for a batch interval
             loop = asyncio.get_running_loop()
             if self.auth_required and session.identity is None:
                 auth_timer = loop.call_later(

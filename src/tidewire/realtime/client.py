@@ -707,8 +707,13 @@ class Client:
             self._link_lost(link)
 
     def _dispatch(self, link: _Link, envelope: dict[str, Any]) -> None:
-        self._emit("message", envelope)
         kind: str = envelope["type"]
+        if kind == "batch":  # opt-in server batching: each element as if on its own
+            for item in envelope.get("messages", ()):
+                if isinstance(item, dict) and isinstance(item.get("type"), str):
+                    self._dispatch(link, item)
+            return
+        self._emit("message", envelope)
         if kind == "pong":
             link.pong.set()
             return

@@ -7,12 +7,14 @@ profile and writes the same bytes to every receiver.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 # Through the package: ``from tidewire.transport import broadcast`` names a submodule too,
 # and realtime may use only what tidewire.transport exports (tests/test_layers.py).
 import tidewire.transport as transport
 from tidewire.realtime.brokers.base import Target
+from tidewire.realtime.flow import DISCONNECT, SlowConsumerPolicy, type_of
 
 if TYPE_CHECKING:
     from tidewire.realtime.session import Session
@@ -63,8 +65,17 @@ class Room:
 class Hub:
     """Local registry and delivery; implements the broker's :class:`Node` callback."""
 
-    def __init__(self) -> None:
-        """Nothing connected yet."""
+    def __init__(
+        self,
+        policy_for: Callable[[str | None, str | None], SlowConsumerPolicy] = lambda r, t: (
+            DISCONNECT
+        ),
+        *,
+        batching: bool = False,
+    ) -> None:
+        """Nothing connected yet; ``policy_for(room, type)`` picks slow-consumer policies."""
+        self.policy_for = policy_for
+        self.batching = batching
         self.sessions: dict[str, Session] = {}
         self.users: dict[str, dict[str, Session]] = {}
         self.rooms: dict[str, Room] = {}
@@ -149,12 +160,24 @@ class Hub:
         return list(self.sessions.values())
 
     def deliver(self, target: Target, name: str, text: str, exclude: str | None) -> None:
-        """Write ``text`` to every local receiver (frames built once), then police backlogs."""
+        """Write ``text`` to every local receiver that keeps up, framed once for all.
+
+        Receivers that lag get their slow-consumer policy
+        (:mod:`tidewire.realtime.flow`) instead; with opt-in batching each
+        receiver's batch takes the text.
+        """
         sessions = self.receivers(target, name)
-        if exclude is not None:
-            sessions = [s for s in sessions if s.id != exclude]
         if not sessions:
             return
-        self.deliveries += transport.broadcast([s.ws for s in sessions if not s.closing], text)
-        for session in sessions:
-            session.check_backlog()
+        room = name if target is Target.ROOM else None
+        policy = self.policy_for(room, type_of(text))
+        if self.batching:
+            for session in sessions:
+                if session.id != exclude:
+                    self.deliveries += session.send(text, policy=policy)
+            return
+        ready = [
+            s.ws for s in sessions if s.id != exclude and not s.closing and s.admit(text, policy)
+        ]
+        if ready:
+            self.deliveries += transport.broadcast(ready, text)

@@ -40,6 +40,14 @@ class AppOptions:
     #: Bytes queued for a connection that has not read them; beyond it the
     #: slow consumer is closed with SLOW_CONSUMER (4001) so it reconnects and recovers.
     max_outgoing_bytes: int = 1024 * 1024
+    #: Slow-consumer policy unless a room or message type has its own
+    #: (``disconnect``, ``drop`` or ``latest``; see tidewire.realtime.flow).
+    slow_consumer: str = "disconnect"
+    #: Opt-in batching: seconds to collect messages for one client into one
+    #: ``batch`` envelope (fewer frames and syscalls for chatty rooms); None sends each at once.
+    batch_interval: float | None = None
+    #: A batch is sent early once it holds this many bytes.
+    max_batch_bytes: int = 64 * 1024
     #: Publications kept per channel for recovery (Centrifugo's default order of magnitude).
     history_size: int = 100
     #: Seconds a publication stays in history; about 2 minutes covers a reconnect (Ably, Socket.IO).

@@ -6,11 +6,19 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from tidewire.errors import ConnectionClosed
 from tidewire.protocol.close import CloseCode
 from tidewire.realtime.auth import Identity
+from tidewire.realtime.flow import (
+    Policy,
+    SlowConsumerPolicy,
+    batch_text,
+    latest_key,
+    type_of,
+)
 from tidewire.realtime.rpc import PendingCalls
 from tidewire.realtime.wire import encode
 
@@ -46,6 +54,12 @@ class Session:
         "rpcs_running",
         "closing",
         "expiry_timer",
+        "held",
+        "drops",
+        "releaser",
+        "outbox",
+        "outbox_bytes",
+        "flush_handle",
         "__weakref__",
     )
 
@@ -65,6 +79,15 @@ class Session:
         self.calls = PendingCalls()
         self.rpcs_running = 0
         self.closing = False
+        #: ``latest``-policy messages held while the client is congested, by key.
+        self.held: dict[Hashable, str] = {}
+        #: Messages dropped by the ``drop`` policy.
+        self.drops = 0
+        self.releaser: asyncio.Task[None] | None = None
+        #: Opt-in batching: encoded envelopes waiting for the next batch flush.
+        self.outbox: list[str] = []
+        self.outbox_bytes = 0
+        self.flush_handle: asyncio.TimerHandle | None = None
         #: Closes the session when its credentials expire (kept out of ``metadata``,
         #: which presence sends to clients).
         self.expiry_timer: asyncio.TimerHandle | None = None
@@ -90,34 +113,106 @@ class Session:
 
     # ----------------------------------------------------------------- sending
 
-    def send(self, envelope: dict[str, Any] | str) -> bool:
+    def send(
+        self, envelope: dict[str, Any] | str, *, policy: SlowConsumerPolicy | None = None
+    ) -> bool:
         """Queue an envelope (a dict, or one already encoded) for this client.
 
-        Never waits: a client whose unread backlog passes ``max_outgoing_bytes``
-        is closed with SLOW_CONSUMER (4001) so it reconnects and recovers
-        instead of growing server memory.  False when the message was not queued.
+        Never waits.  A client that does not read gets its slow-consumer policy
+        (``policy``, else the app's choice for the message type; see
+        :mod:`tidewire.realtime.flow`): closed with SLOW_CONSUMER (4001), the
+        message dropped, or only the newest message per key kept.  False when
+        the message was not queued now.
         """
         if not self.open:
             return False
         text = envelope if isinstance(envelope, str) else encode(envelope)
+        if policy is None:
+            policy = self.app.policy_for(None, type_of(text))
+        if not self.admit(text, policy):
+            return False
+        if self.app.options.batch_interval is not None:
+            self._batch(text)
+            return True
         try:
             self.ws.send_nowait(text)
         except ConnectionClosed:
             return False
-        self.check_backlog()
         return True
+
+    def admit(self, text: str, policy: SlowConsumerPolicy) -> bool:
+        """Whether ``text`` may be queued now; applies ``policy`` when the client lags."""
+        if self.closing:
+            return False
+        ws = self.ws
+        if policy.kind is Policy.LATEST:
+            if self.held or ws.write_paused:
+                self._hold(text, policy)
+                return False
+            return True
+        limit = self.app.options.max_outgoing_bytes
+        if ws.buffered_amount + self.outbox_bytes + len(text) <= limit:
+            return True
+        if policy.kind is Policy.DROP:
+            self.drops += 1
+            self.app.stats["dropped"] += 1
+            return False
+        logger.info("session %s: slow consumer (more than %d bytes queued)", self.id, limit)
+        self.app.stats["slow_consumers"] += 1
+        self.fail(CloseCode.SLOW_CONSUMER, f"slow consumer: more than {limit} bytes queued")
+        return False
+
+    def _hold(self, text: str, policy: SlowConsumerPolicy) -> None:
+        key = latest_key(text, policy)
+        if self.held.pop(key, None) is not None:
+            self.drops += 1
+            self.app.stats["replaced"] += 1
+        self.held[key] = text
+        if self.releaser is None:
+            self.releaser = asyncio.get_running_loop().create_task(self._release())
+
+    async def _release(self) -> None:
+        """Write the held messages, in order, each time the write buffer drains."""
+        try:
+            while self.held and self.open:
+                await self.ws.drain()
+                if not self.open:
+                    break
+                held, self.held = self.held, {}
+                for text in held.values():
+                    self.ws.send_nowait(text)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.releaser = None
+
+    def _batch(self, text: str) -> None:
+        self.outbox.append(text)
+        self.outbox_bytes += len(text)
+        options = self.app.options
+        if self.outbox_bytes >= options.max_batch_bytes:
+            self.flush()
+        elif self.flush_handle is None:
+            assert options.batch_interval is not None
+            loop = asyncio.get_running_loop()
+            self.flush_handle = loop.call_later(options.batch_interval, self.flush)
+
+    def flush(self) -> None:
+        """Send what batching collected: one message as is, several as one ``batch``."""
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        texts, self.outbox, self.outbox_bytes = self.outbox, [], 0
+        if not texts or not self.open:
+            return
+        try:
+            self.ws.send_nowait(texts[0] if len(texts) == 1 else batch_text(texts))
+        except ConnectionClosed:
+            pass
 
     def emit(self, type: str, /, **fields: Any) -> bool:
         """Send ``{"type": type, **fields}`` to this client."""
         return self.send({"type": type, **fields})
-
-    def check_backlog(self) -> None:
-        """Close a slow consumer whose unread backlog exceeds the app's limit."""
-        limit = self.app.options.max_outgoing_bytes
-        if self.ws.buffered_amount > limit and not self.closing:
-            logger.info("session %s: slow consumer (%d bytes queued)", self.id, limit)
-            self.app.stats["slow_consumers"] += 1
-            self.fail(CloseCode.SLOW_CONSUMER, f"slow consumer: more than {limit} bytes queued")
 
     async def call(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
         """Call ``method`` on the client and return its result.

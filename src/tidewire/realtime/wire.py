@@ -238,7 +238,13 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 
 
 def encode(envelope: dict[str, Any]) -> str:
-    """Serialize an envelope: compact JSON, UTF-8 kept as is, NaN refused (ValueError)."""
+    """Serialize an envelope: compact JSON, ``type`` first, UTF-8 kept as is, NaN refused.
+
+    ``type`` comes first so fan-out can read it without parsing
+    (:func:`tidewire.realtime.flow.type_of`).  Raises ValueError for NaN.
+    """
+    if "type" in envelope and next(iter(envelope)) != "type":
+        envelope = {"type": envelope["type"], **envelope}
     return _encoder.encode(envelope)
 
 

@@ -420,6 +420,15 @@ class WebSocket(asyncio.Protocol):
         else:
             self.proto.send_continuation(item, fin=fin)
 
+    @property
+    def write_paused(self) -> bool:
+        """Whether the transport's write buffer is above ``write_high_water``."""
+        return self._write_paused
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below ``write_low_water`` (or the connection closed)."""
+        await self._drain()
+
     async def _drain(self) -> None:
         while self._write_paused and self.proto.state is not State.CLOSED:
             waiter = self.loop.create_future()
