@@ -16,12 +16,15 @@ Wire messages (on top of docs/protocol.md):
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tidewire.apps.chat.store import MessageStore
 from tidewire.errors import RealtimeError, Unauthorized
 from tidewire.realtime import App, Context, Identity, RateLimit, RateLimits, Session
+from tidewire.realtime.brokers import Broker
 
 __all__ = ["ChatLimits", "build_app", "NameRegistry"]
 
@@ -70,8 +73,13 @@ class NameRegistry:
             self.holders[name] = (held[0], held[1] - 1)
 
 
-def build_app(store: MessageStore | None = None, limits: ChatLimits | None = None) -> App:
-    """The chat App on ``store`` (in-memory SQLite when None)."""
+def build_app(
+    store: MessageStore | None = None,
+    limits: ChatLimits | None = None,
+    *,
+    broker: Broker | None = None,
+) -> App:
+    """The chat App on ``store`` (in-memory SQLite when None) and ``broker`` (in-memory)."""
     store = store if store is not None else MessageStore()
     limits = limits or ChatLimits()
     names = NameRegistry()
@@ -87,6 +95,7 @@ def build_app(store: MessageStore | None = None, limits: ChatLimits | None = Non
         return Identity(name, {"key": key})
 
     app = App(
+        broker=broker,
         auth=verify,
         rate_limits=RateLimits(per_type={"chat": limits.chat_rate, "typing": RateLimit(5, 10)}),
     )
@@ -115,6 +124,13 @@ def build_app(store: MessageStore | None = None, limits: ChatLimits | None = Non
         if action == "join" and len(name) > limits.max_room:
             raise RealtimeError(f"a room name is at most {limits.max_room} characters", "invalid")
         return True
+
+    node = secrets.token_hex(4)
+
+    @app.rpc("chat.node")
+    async def node_id(ctx: Context, params: Any) -> str:
+        """Which server process this connection landed on (random per process)."""
+        return node
 
     @app.on("chat", fields={"room": str, "text": str})
     async def chat(ctx: Context) -> None:

@@ -1,21 +1,33 @@
-"""``tidewire serve``: the chat application (web UI at ``/``, WebSocket at ``/ws``)."""
+"""``tidewire serve``: the chat application (web UI at ``/``, WebSocket at ``/ws``).
+
+One process by default, on the in-memory broker.  ``--workers N`` starts N
+processes on the same port (SO_REUSEPORT: the kernel spreads connections
+over them); they share rooms, channels and history through ``--broker
+redis://...``, which is required when N > 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
+import subprocess
 import sys
+import time
 from typing import Any
 
 from tidewire.apps.chat import MessageStore, build_app
 from tidewire.apps.chat.web import add_routes
+from tidewire.realtime.brokers import Broker, MemoryBroker
 
-__all__ = ["register", "run", "DEFAULT_DB"]
+__all__ = ["register", "run", "DEFAULT_DB", "make_broker"]
 
 #: Where the chat keeps its history unless --db says otherwise.
 DEFAULT_DB = "tidewire-chat.sqlite3"
+#: Seconds the parent waits for workers to drain after SIGTERM before killing them.
+WORKER_STOP_TIMEOUT = 15.0
 
 
 def register(sub: Any) -> None:
@@ -31,10 +43,24 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--broker",
         default="memory",
-        help="'memory' (default: one process); a redis:// URL shares rooms across processes",
+        help="'memory' (default: one process) or a redis:// URL shared by workers and nodes",
     )
-    parser.add_argument("--workers", type=int, default=1, help="processes on one port")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes on one port (needs --broker redis://)"
+    )
+    parser.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
+
+
+def make_broker(url: str, *, history_size: int = 100) -> Broker:
+    """The broker for ``--broker``: ``memory`` or a ``redis://`` / ``rediss://`` URL."""
+    if url == "memory":
+        return MemoryBroker(history_size=history_size)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from tidewire.realtime.brokers import RedisBroker
+
+        return RedisBroker(url, history_size=history_size)
+    raise ValueError(f"--broker must be 'memory' or a redis:// URL, not {url!r}")
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -49,11 +75,12 @@ async def _serve(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, request_stop)
     store = MessageStore(args.db)
-    app = build_app(store)
+    app = build_app(store, broker=make_broker(args.broker))
     add_routes(app)
-    server = await app.serve(args.host, args.port)
+    server = await app.serve(args.host, args.port, reuse_port=args.worker_id is not None)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"tidewire chat on http://{host}:{server.port}/", flush=True)
+    who = f"worker {args.worker_id} (pid {os.getpid()})" if args.worker_id is not None else "chat"
+    print(f"tidewire {who} on http://{host}:{server.port}/", flush=True)
     try:
         await stop
     finally:
@@ -62,14 +89,66 @@ async def _serve(args: argparse.Namespace) -> None:
         store.close()
 
 
+def _run_workers(args: argparse.Namespace) -> int:
+    """Start ``--workers`` processes on one port; forward SIGINT/SIGTERM; wait for them."""
+    base = [sys.executable, "-m", "tidewire", "serve", "--host", args.host]
+    base += ["--port", str(args.port), "--db", args.db, "--broker", args.broker]
+    procs = [
+        subprocess.Popen([*base, "--worker-id", str(i)], start_new_session=True)
+        for i in range(args.workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    status = 0
+    try:
+        while any(proc.poll() is None for proc in procs):
+            if not stopping and any(proc.poll() is not None for proc in procs):
+                # A worker died on its own: stop the rest rather than limp on silently.
+                print("tidewire: a worker exited; stopping the others", file=sys.stderr)
+                status = 1
+                forward(signal.SIGTERM, None)
+            time.sleep(0.1)
+    finally:
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return status
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chat server until Ctrl-C or SIGTERM; returns the exit status."""
-    if args.broker != "memory" or args.workers != 1:
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.broker == "memory":
         print(
-            "error: --workers > 1 and --broker redis:// need the Redis broker, which is not "
-            "part of this build yet; run one process with --broker memory",
+            "error: --workers > 1 needs a shared broker: add --broker redis://HOST:PORT "
+            "(workers on the in-memory broker would not see each other's rooms)",
             file=sys.stderr,
         )
         return 2
+    if args.workers > 1 and args.port == 0:
+        print("error: --workers > 1 needs a fixed --port", file=sys.stderr)
+        return 2
+    try:
+        make_broker(args.broker)
+    except (ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return _run_workers(args)
     asyncio.run(_serve(args))
     return 0
