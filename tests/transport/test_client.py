@@ -9,7 +9,7 @@ import pytest
 
 from tidewire.errors import ConnectionClosedOK, HandshakeError, InvalidStatus
 from tidewire.protocol.connection import State
-from tidewire.transport import ClientConnection, WebSocket, connect, serve
+from tidewire.transport import ClientConnection, Router, WebSocket, connect, serve
 from tidewire.transport.client import parse_uri
 
 from .peers import accept_key, echo, parse_head, raw_server, wait_until
@@ -168,3 +168,15 @@ async def test_ssl_context_with_ws_uri_is_rejected() -> None:
     """ssl= with a ws:// URI is a ValueError (use wss://)."""
     with pytest.raises(ValueError, match="wss"):
         await connect("ws://127.0.0.1:1/", ssl=ssl.create_default_context())
+
+
+
+async def test_refused_handshake_keeps_the_response_body() -> None:
+    """InvalidStatus.response carries the body the server sent with its refusal."""
+    router = Router()
+    router.add_websocket("/ws", echo)
+    async with serve(router, "127.0.0.1", 0) as server:
+        with pytest.raises(InvalidStatus) as info:
+            await connect(f"ws://127.0.0.1:{server.port}/nope", open_timeout=5)
+        assert info.value.status == 404
+        assert b"/nope" in info.value.response.body

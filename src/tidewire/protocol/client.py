@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, cast
 
 from tidewire._types import BytesLike
-from tidewire.errors import HandshakeError
+from tidewire.errors import HandshakeError, InvalidStatus
 from tidewire.protocol import http
 from tidewire.protocol.connection import Connection, MessageCodec, Side, State
 from tidewire.protocol.extensions import (
@@ -37,6 +38,7 @@ class ClientProtocol(Connection):
         "_factories",
         "_offered",
         "_head",
+        "_refusal",
     )
 
     def __init__(
@@ -68,6 +70,8 @@ class ClientProtocol(Connection):
         self.handshake_error: HandshakeError | None = None
         self.subprotocol: str | None = None
         self._head = bytearray()
+        #: A refused handshake waiting for its body: (error, body start, body length).
+        self._refusal: tuple[HandshakeError, int, int] | None = None
 
     def connect(self) -> Request:
         """Queue the opening request for sending and return it."""
@@ -80,6 +84,9 @@ class ClientProtocol(Connection):
             Connection.receive_data(self, data)
             return
         self._head += data
+        if self._refusal is not None:
+            self._finish_refusal(eof=False)
+            return
         try:
             parsed = http.parse_response(self._head)
             if parsed is None:
@@ -93,9 +100,14 @@ class ClientProtocol(Connection):
                 response.headers.get_all("Sec-WebSocket-Extensions"), self._factories
             )
         except HandshakeError as exc:
-            self.handshake_error = exc
-            self.state = State.CLOSED
-            self._discard = True
+            if isinstance(exc, InvalidStatus) and self.response is not None:
+                # Keep the server's explanation: read the body it framed with
+                # Content-Length (at most MAX_REFUSAL_BODY bytes) before failing.
+                length = _content_length(self.response)
+                self._refusal = (exc, used, min(length, MAX_REFUSAL_BODY))
+                self._finish_refusal(eof=False)
+                return
+            self._fail_handshake(exc)
             return
         del ext_params
         self.subprotocol = subprotocol
@@ -108,3 +120,39 @@ class ClientProtocol(Connection):
         self._head.clear()
         if pending:
             Connection.receive_data(self, pending)
+
+    def receive_eof(self) -> None:
+        """The server closed TCP; a refused handshake keeps the body received so far."""
+        if self._refusal is not None:
+            self._finish_refusal(eof=True)
+        Connection.receive_eof(self)
+
+    def _finish_refusal(self, *, eof: bool) -> None:
+        assert self._refusal is not None
+        exc, start, length = self._refusal
+        body = bytes(self._head[start : start + length])
+        if len(body) < length and not eof:
+            return  # more of the body is on its way
+        self._refusal = None
+        if self.response is not None:
+            self.response = dataclasses.replace(self.response, body=body)
+            if isinstance(exc, InvalidStatus):
+                exc.response = self.response
+        self._fail_handshake(exc)
+
+    def _fail_handshake(self, exc: HandshakeError) -> None:
+        self.handshake_error = exc
+        self.state = State.CLOSED
+        self._discard = True
+
+
+#: Most bytes of a refused handshake's body kept for InvalidStatus.response.body.
+MAX_REFUSAL_BODY = 64 * 1024
+
+
+def _content_length(response: Response) -> int:
+    """The response's Content-Length, or 0 when absent or malformed."""
+    value = response.headers.get("Content-Length")
+    if value is None or not value.strip().isdigit():
+        return 0
+    return int(value.strip())

@@ -76,8 +76,14 @@ class ClientConnection(WebSocket):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Fail the pending open, if any."""
+        proto = self.cproto
+        if not self.opened.done() and proto.state is State.CONNECTING:
+            proto.receive_eof()  # a refused handshake keeps the body that did arrive
         super().connection_lost(exc)
         if not self.opened.done():
+            if proto.handshake_error is not None:
+                self.opened.set_exception(proto.handshake_error)
+                return
             self.opened.set_exception(
                 ConnectionError(f"connection closed during the opening handshake: {exc or 'EOF'}")
             )
