@@ -276,6 +276,7 @@ async def server_main(args: argparse.Namespace) -> None:
                 while room.members() < clients:
                     await asyncio.sleep(0.01)
             await asyncio.sleep(0.2)  # let the last handlers settle
+            rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             sent: list[float] = []
             for i, message in enumerate(messages, 1):
                 sent.append(time.monotonic())
@@ -285,7 +286,13 @@ async def server_main(args: argparse.Namespace) -> None:
                 if i % per_turn == 0 or i == len(messages):
                     await asyncio.sleep(0)  # per_turn broadcasts per loop iteration
             end = time.monotonic()
-            reply = {"sent": sent, "end": end, "members": room.members()}
+            reply = {
+                "sent": sent,
+                "end": end,
+                "members": room.members(),
+                "rss_start_kib": rss_start,
+                "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            }
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
             await reader.read()  # the load side closes when it is done
@@ -436,13 +443,14 @@ async def load_main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     load = Load(loop, args.clients, args.messages)
     load.size = args.size
-    kind = SERVERS[args.kind]
+    kind: Any = SERVERS[args.kind]
     load.request = (
         f"GET {kind.path} HTTP/1.1\r\nHost: {HOST}:{args.port}\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
     counters: list[Counter] = []
+    slow: list[Counter] = []  # --slow clients: joined, then never read again
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def open_one() -> None:
@@ -452,12 +460,20 @@ async def load_main(args: argparse.Namespace) -> None:
             if kind.join_frame:
                 assert counter.transport is not None
                 counter.transport.write(kind.join_frame)
-            counters.append(counter)
+            if len(slow) < args.slow:
+                slow.append(counter)
+            else:
+                counters.append(counter)
 
     started = time.monotonic()
     async with asyncio.timeout(args.timeout):
         await asyncio.gather(*(open_one() for _ in range(args.clients)))
     setup = time.monotonic() - started
+    load.clients = len(counters)
+    await asyncio.sleep(0.5)  # let the slow clients' joins be read before they stop reading
+    for counter in slow:
+        assert counter.transport is not None
+        counter.transport.pause_reading()
 
     reader, writer = await asyncio.open_connection(HOST, args.control)
     order = {
@@ -483,13 +499,16 @@ async def load_main(args: argparse.Namespace) -> None:
         "setup_s": setup,
         "server_s": reply["end"] - sent[0],
         "total_s": total,
-        "deliveries_per_s": args.clients * args.messages / total,
+        "deliveries_per_s": len(counters) * args.messages / total,
+        "slow": len(slow),
+        "rss_start_kib": reply["rss_start_kib"],
+        "rss_peak_kib": reply["rss_peak_kib"],
         "p50_ms": 1000 * percentile(latencies, 50),
         "p99_ms": 1000 * percentile(latencies, 99),
         "max_ms": 1000 * latencies[-1],
     }
     print(json.dumps(result), flush=True)
-    for counter in counters:
+    for counter in counters + slow:
         if counter.transport is not None:
             counter.transport.abort()
 
@@ -531,7 +550,7 @@ def run_once(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 *("taskset", "-c", "1", *me, "_load", "--kind", kind, *common),
                 *("--port", str(ports["port"]), "--control", str(ports["control"])),
                 *("--messages", str(args.messages), "--size", str(args.size)),
-                *("--per-turn", str(args.per_turn)),
+                *("--per-turn", str(args.per_turn), "--slow", str(args.slow)),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -549,10 +568,20 @@ def run_once(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 server.wait(timeout=10)
 
 
-COLUMNS = ("setup_s", "server_s", "total_s", "deliveries_per_s", "p50_ms", "p99_ms", "max_ms")
+COLUMNS = (
+    "setup_s",
+    "server_s",
+    "total_s",
+    "deliveries_per_s",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+    "rss_peak_kib",
+    "members",
+)
 HEADER = (
     f"{'run':>4} {'server':<12}{'setup_s':>8}{'server_s':>9}{'total_s':>8}"
-    f"{'deliveries/s':>14}{'p50_ms':>9}{'p99_ms':>9}{'max_ms':>9}"
+    f"{'deliveries/s':>14}{'p50_ms':>9}{'p99_ms':>9}{'max_ms':>9}{'peak_MiB':>9}{'members':>8}"
 )
 
 
@@ -561,6 +590,7 @@ def row(label: str, kind: str, r: dict[str, float]) -> str:
     return (
         f"{label:>4} {kind:<12}{r['setup_s']:>8.2f}{r['server_s']:>9.3f}{r['total_s']:>8.3f}"
         f"{r['deliveries_per_s']:>14,.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['max_ms']:>9.1f}"
+        f"{r['rss_peak_kib'] / 1024:>9.1f}{r.get('members', 0):>8.0f}"
     )
 
 
@@ -580,7 +610,8 @@ def driver(args: argparse.Namespace) -> None:
     for rep in range(1, args.repeat + 1):
         for kind in kinds:
             r = run_once(kind, args)
-            if r["complete"] != args.clients or r["members"] != args.clients:
+            # Slow members may be closed by the server's slow-consumer policy.
+            if r["complete"] != args.clients - args.slow or r["members"] < r["complete"]:
                 raise SystemExit(f"{kind}: incomplete run {r}")
             results[kind].append(r)
             print(row(str(rep), kind, r), flush=True)
@@ -616,6 +647,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--size", type=int, default=100, help="message bytes (>= 8)")
     parser.add_argument("--per-turn", type=int, default=1, help="broadcasts per loop iteration")
+    parser.add_argument(
+        "--slow", type=int, default=0, help="clients that join and then never read again"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per phase")
     parser.add_argument("--kind", help=argparse.SUPPRESS)

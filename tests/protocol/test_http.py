@@ -16,6 +16,7 @@ from tidewire.protocol.http import (
     Response,
     parse_request,
     parse_response,
+    request_body_size,
 )
 
 REQUEST = (
@@ -646,3 +647,35 @@ def test_parse_request_split_anywhere(tail: bytes) -> None:
     for cut in range(0, len(REQUEST), 7):
         assert parse_request(data[:cut]) is None
     assert parse_request(data) == (parsed_request(REQUEST), len(REQUEST))
+
+
+# ------------------------------------------------------------------------- request bodies
+
+
+def test_request_body_size_reads_content_length() -> None:
+    """No Content-Length means no body; one value, or identical repeats, give the size."""
+    assert request_body_size(Headers()) == 0
+    assert request_body_size(Headers({"Content-Length": "12"})) == 12
+    assert request_body_size(Headers([("Content-Length", "7"), ("Content-Length", "7")])) == 7
+    assert request_body_size(Headers({"Content-Length": "7, 7"})) == 7
+    assert request_body_size(Headers({"Content-Length": "70000"}), None) == 70000
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([("Content-Length", "abc")], 400),
+        ([("Content-Length", "-1")], 400),
+        ([("Content-Length", "")], 400),
+        ([("Content-Length", "5"), ("Content-Length", "6")], 400),
+        ([("Content-Length", "1" * 19)], 400),
+        ([("Transfer-Encoding", "chunked")], 411),
+        ([("Transfer-Encoding", "chunked"), ("Content-Length", "3")], 411),
+        ([("Content-Length", "65537")], 413),
+    ],
+)
+def test_request_body_size_refusals(headers: list[tuple[str, str]], status: int) -> None:
+    """Bad or conflicting lengths are 400, chunked bodies 411, oversized ones 413."""
+    with pytest.raises(HandshakeError) as info:
+        request_body_size(Headers(headers), 65536)
+    assert info.value.status == status

@@ -488,6 +488,59 @@ def test_send_response_for_plain_http() -> None:
     assert server.close_expected()
 
 
+def test_plain_request_body_completes_the_request() -> None:
+    """A Content-Length body, fed in pieces, completes the request; extra bytes are dropped."""
+    server = ServerProtocol()
+    server.receive_data(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello")
+    assert server.request is None and server.data_to_send() == b""
+    server.receive_data(b" world")
+    assert server.request is not None
+    assert (server.request.method, server.request.body) == ("POST", b"hello world")
+    server.receive_data(b"GET / HTTP/1.1\r\n\r\n")  # pipelined: ignored, the answer closes
+    assert server.request.body == b"hello world" and server.handshake_error is None
+
+
+def test_body_in_the_same_chunk_as_the_head() -> None:
+    """A body that arrives with its head completes the request at once."""
+    server = ServerProtocol()
+    server.receive_data(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}")
+    assert server.request is not None and server.request.body == b"{}"
+
+
+def test_oversized_body_is_413_before_it_is_buffered() -> None:
+    """A Content-Length over max_body answers 413 naming the limit; later bytes are ignored."""
+    server = ServerProtocol(max_body=10)
+    server.receive_data(b"POST /a HTTP/1.1\r\nContent-Length: 11\r\n\r\n")
+    status, _headers, body = parse_response_head(server.data_to_send())
+    assert status == 413 and b"max_body_size=10" in body
+    assert server.handshake_error is not None and server.request is None
+    server.receive_data(b"x" * 11)
+    assert server.request is None and server.close_expected()
+
+
+def test_chunked_body_is_411() -> None:
+    """Transfer-Encoding bodies are not read: 411 Length Required."""
+    server = ServerProtocol()
+    server.receive_data(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert parse_response_head(server.data_to_send())[0] == 411
+
+
+def test_expect_100_continue_gets_an_interim_response() -> None:
+    """Expect: 100-continue queues "100 Continue" until the body arrives."""
+    server = ServerProtocol()
+    server.receive_data(b"POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+    assert server.data_to_send() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    server.receive_data(b"abc")
+    assert server.request is not None and server.request.body == b"abc"
+
+
+def test_upgrade_request_content_length_is_not_a_body() -> None:
+    """An opening handshake never waits for a body: bytes after it stay frames."""
+    server = ServerProtocol()
+    server.receive_data(request_bytes("Content-Length: 5"))
+    assert server.request is not None and server.request.body == b""
+
+
 # ---------------------------------------------------------------------------- bad responses
 
 

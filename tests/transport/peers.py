@@ -225,12 +225,13 @@ class HttpResult:
 
 
 async def http_request(
-    port: int, path: str, *, headers: str = "", method: str = "GET"
+    port: int, path: str, *, headers: str = "", method: str = "GET", body: bytes = b""
 ) -> HttpResult:
     """Send one HTTP/1.1 request to 127.0.0.1:port and read the response until EOF."""
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
-        writer.write(f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n".encode())
+        head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n"
+        writer.write(head.encode() + body)
         data = await reader.read()
     finally:
         writer.close()

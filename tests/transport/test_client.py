@@ -170,7 +170,6 @@ async def test_ssl_context_with_ws_uri_is_rejected() -> None:
         await connect("ws://127.0.0.1:1/", ssl=ssl.create_default_context())
 
 
-
 async def test_refused_handshake_keeps_the_response_body() -> None:
     """InvalidStatus.response carries the body the server sent with its refusal."""
     router = Router()

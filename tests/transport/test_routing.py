@@ -135,3 +135,50 @@ async def test_failing_http_route_is_500() -> None:
             assert (await http_request(server.port, "/sync")).status == 500
             assert (await http_request(server.port, "/async")).status == 500
             assert (await http_request(server.port, "/health")).status == 200
+
+
+async def test_post_body_reaches_the_http_route() -> None:
+    """A POST body (Content-Length) reaches the responder; 413 and 411 come from the transport."""
+    router = Router()
+
+    def echo_body(request: Request) -> Response:
+        return Response.build(200, request.method.encode() + b" " + request.body)
+
+    router.add_http("/echo", echo_body)
+    async with asyncio.timeout(T):
+        async with serve(router, max_body_size=100) as server:
+            result = await http_request(
+                server.port, "/echo", method="POST", headers="Content-Length: 5\r\n", body=b"hello"
+            )
+            assert (result.status, result.body) == (200, b"POST hello")
+            big = await http_request(
+                server.port, "/echo", method="POST", headers="Content-Length: 101\r\n"
+            )
+            assert big.status == 413 and b"max_body_size=100" in big.body
+            chunked = await http_request(
+                server.port, "/echo", method="POST", headers="Transfer-Encoding: chunked\r\n"
+            )
+            assert chunked.status == 411
+            plain = await http_request(server.port, "/echo")
+            assert (plain.status, plain.body) == (200, b"GET ")
+
+
+async def test_expect_100_continue_over_a_socket() -> None:
+    """A client that waits for "100 Continue" gets it, sends the body, and gets the answer."""
+    router = Router()
+    router.add_http("/echo", lambda request: Response.build(200, request.body))
+    async with asyncio.timeout(T):
+        async with serve(router) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            try:
+                writer.write(
+                    b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: 4\r\n\r\n"
+                )
+                interim = await reader.readuntil(b"\r\n\r\n")
+                assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+                writer.write(b"ping")
+                answer = await reader.read()
+            finally:
+                writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nping")

@@ -2,8 +2,10 @@
 
 Sans-I/O: :func:`parse_request` and :func:`parse_response` take the bytes
 received so far and return ``None`` until the head (ending in CRLF CRLF) is
-complete.  Bodies are never read here.  Every size limit is checked as soon as
-the buffer exceeds it, so a peer cannot make us buffer an endless head.
+complete.  Bodies are never read here; :func:`request_body_size` says how many
+body bytes follow a request head (Content-Length framing only).  Every size
+limit is checked as soon as the buffer exceeds it, so a peer cannot make us
+buffer an endless head.
 
 Strictness (RFC 9112 sections 2.2, 3, 5): only ``HTTP/1.1`` requests, token
 method and field names, no whitespace before the colon, no obsolete line
@@ -15,6 +17,8 @@ Status codes a request can fail with (:class:`~tidewire.errors.HandshakeError`):
 * 414: request line longer than ``max_line`` (almost always a huge URI);
 * 431: a header line longer than ``max_line``, more than ``max_headers`` header
   lines, or a head longer than ``max_head``;
+* 411: a request body framed with Transfer-Encoding (only Content-Length is
+  read); 413: a Content-Length over ``max_body``;
 * 505: a well-formed HTTP version other than ``HTTP/1.1`` (RFC 6455 section
   4.1 requires HTTP/1.1; HTTP/1.0 has no Upgrade).
 
@@ -37,12 +41,14 @@ __all__ = [
     "MAX_LINE_BYTES",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
+    "MAX_BODY_BYTES",
     "Headers",
     "HeadersLike",
     "Request",
     "Response",
     "parse_request",
     "parse_response",
+    "request_body_size",
 ]
 
 #: Longest request line, status line or header line, CRLF excluded.  8 KiB is
@@ -56,6 +62,11 @@ MAX_HEADERS = 128
 #: Longest whole head, start line through the blank line.  16 KiB fits browsers
 #: with big cookies; nginx uses 8 KiB per line, so one fat Cookie still fits.
 MAX_HEADER_BYTES = 16384
+
+#: Largest plain-HTTP request body.  Bodies are read whole before the route runs
+#: (an HTTP API's JSON), so the limit is what one request can pin: 64 KiB, as
+#: the realtime layer's largest client message.
+MAX_BODY_BYTES = 65536
 
 HeadersLike: TypeAlias = "Headers | Mapping[str, str] | Iterable[tuple[str, str]] | None"
 
@@ -74,6 +85,7 @@ _BAD_TARGET_CHAR = re.compile(r"[^\x21-\x7e]")
 _HTTP_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
 _STATUS_CODE = re.compile(r"[0-9]{3}")
 _OWS = " \t"
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _show(text: str | bytes, limit: int = 60) -> str:
@@ -499,3 +511,33 @@ def parse_response(
         raise HandshakeError(f"101 Switching Protocols in an {version} response", 502)
     headers = _parse_fields(lines[1:], 502)
     return Response(status, reason, headers), consumed
+
+
+def request_body_size(headers: Headers, max_body: int | None = MAX_BODY_BYTES) -> int:
+    """How many body bytes follow a request head (RFC 9112 section 6.3).
+
+    Only Content-Length framing is read: a request without it has no body
+    (section 6.3, rule 7).  Raises :class:`HandshakeError` with 411 for any
+    Transfer-Encoding (chunked bodies are not read; the client can resend with
+    Content-Length, RFC 9110 section 15.5.12), 400 for a Content-Length that is
+    not digits or whose values differ (section 6.3, rule 5; identical repeated
+    values count once, RFC 9110 section 8.6), and 413 for one over ``max_body``
+    (``None`` disables the limit).
+    """
+    if "Transfer-Encoding" in headers:
+        raise HandshakeError(
+            "request body with Transfer-Encoding: send it with Content-Length instead", 411
+        )
+    values = {
+        item.strip(_OWS) for value in headers.get_all("Content-Length") for item in value.split(",")
+    }
+    if not values:
+        return 0
+    if len(values) > 1 or not _DIGITS.fullmatch(next(iter(values))):
+        raise HandshakeError(f"invalid Content-Length {_show(', '.join(sorted(values)))}", 400)
+    size = int(values.pop())
+    if max_body is not None and size > max_body:
+        raise HandshakeError(
+            f"request body too big: Content-Length {size} > max_body_size={max_body}", 413
+        )
+    return size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from tidewire._types import BytesLike
@@ -14,6 +15,7 @@ from tidewire.protocol.handshake import (
     build_accept_response,
     build_reject_response,
     check_request,
+    is_upgrade_request,
     parse_subprotocol_header,
     select_subprotocol,
 )
@@ -31,6 +33,12 @@ class ServerProtocol(Connection):
     followed the head are kept and parsed as frames after :meth:`accept`.
     A malformed head sets :attr:`handshake_error` and queues the error
     response (400, 426 or 431, with a one-line reason).
+
+    A plain-HTTP request (no Upgrade header) with a Content-Length body is
+    complete only once the body arrived; then :attr:`request` holds it in
+    ``body``.  Bodies over ``max_body`` are refused with 413 before any of
+    them is buffered (RFC 9112 section 6.3, :func:`~tidewire.protocol.http.request_body_size`).
+    ``Expect: 100-continue`` gets its interim 100 (RFC 9110 section 10.1.1).
     """
 
     __slots__ = (
@@ -45,6 +53,9 @@ class ServerProtocol(Connection):
         "_max_line",
         "_max_headers",
         "_max_head",
+        "_max_body",
+        "_pending",
+        "_body_size",
     )
 
     def __init__(
@@ -56,10 +67,12 @@ class ServerProtocol(Connection):
         max_line: int = http.MAX_LINE_BYTES,
         max_headers: int = http.MAX_HEADERS,
         max_head: int = http.MAX_HEADER_BYTES,
+        max_body: int | None = http.MAX_BODY_BYTES,
         **options: Any,
     ) -> None:
         """``extensions`` are factories offered to the client, ``subprotocols`` the
-        ones supported in order of preference; other options go to :class:`Connection`.
+        ones supported in order of preference; ``max_body`` bounds plain-HTTP
+        request bodies; other options go to :class:`Connection`.
         """
         super().__init__(Side.SERVER, state=State.CONNECTING, **options)
         self.request: Request | None = None
@@ -73,6 +86,10 @@ class ServerProtocol(Connection):
         self._max_line = max_line
         self._max_headers = max_headers
         self._max_head = max_head
+        self._max_body = max_body
+        #: A plain-HTTP request head whose body of ``_body_size`` bytes is still arriving.
+        self._pending: Request | None = None
+        self._body_size = 0
 
     def receive_data(self, data: BytesLike) -> None:
         """Feed bytes: the request head while CONNECTING, frames once OPEN."""
@@ -80,6 +97,10 @@ class ServerProtocol(Connection):
             Connection.receive_data(self, data)
             return
         if self.handshake_error is not None:
+            return
+        if self._pending is not None:
+            self._head += data
+            self._body_received()
             return
         if self.request is not None:
             # Frames a client pipelined after its request wait for accept(), but
@@ -110,8 +131,41 @@ class ServerProtocol(Connection):
             self.send_response(build_reject_response(exc.status, str(exc)))
             return
         if parsed is not None:
-            self.request, used = parsed
+            request, used = parsed
             del self._head[:used]
+            self._expect_body(request)
+
+    def _expect_body(self, request: Request) -> None:
+        """Complete ``request`` now, or once its Content-Length body arrived."""
+        if is_upgrade_request(request):
+            # An opening handshake has no body: what follows it are frames.
+            self.request = request
+            return
+        try:
+            size = http.request_body_size(request.headers, self._max_body)
+        except HandshakeError as exc:
+            self._head.clear()
+            self.reject(exc)
+            return
+        if size == 0:
+            self.request = request
+            return
+        self._pending, self._body_size = request, size
+        expect = (request.headers.get("Expect") or "").lower()
+        if expect == "100-continue" and len(self._head) < size:
+            self._out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._body_received()
+
+    def _body_received(self) -> None:
+        pending, size = self._pending, self._body_size
+        if pending is None or len(self._head) < size:
+            return
+        body = bytes(self._head[:size])
+        # Bytes after the body would be a pipelined request: the answer closes
+        # the connection (Connection: close), so they are dropped.
+        self._head.clear()
+        self._pending = None
+        self.request = replace(pending, body=body)
 
     def accept(self, request: Request | None = None, *, headers: Headers | None = None) -> Response:
         """Validate the upgrade request, negotiate, and queue the 101 response.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tidewire.realtime.api import Published, publish
 from tidewire.realtime.app import App
 from tidewire.realtime.auth import HMACVerifier, Identity, JWTVerifier, sign_token
 from tidewire.realtime.brokers import Broker, MemoryBroker
@@ -15,6 +16,7 @@ from tidewire.realtime.client import (
 )
 from tidewire.realtime.context import Context
 from tidewire.realtime.limits import RateLimit, RateLimits
+from tidewire.realtime.metrics import Metrics
 from tidewire.realtime.options import AppOptions
 from tidewire.realtime.session import Session
 from tidewire.realtime.static import static_file
@@ -32,13 +34,16 @@ __all__ = [
     "Identity",
     "JWTVerifier",
     "MemoryBroker",
+    "Metrics",
     "OfflineQueueFull",
     "Publication",
+    "Published",
     "RateLimit",
     "RateLimits",
     "SUBPROTOCOL",
     "Session",
     "backoff_delay",
+    "publish",
     "sign_token",
     "static_file",
 ]

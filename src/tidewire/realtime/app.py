@@ -29,6 +29,7 @@ from tidewire.errors import (
 )
 from tidewire.protocol.close import CloseCode
 from tidewire.realtime import rpc as rpc_errors
+from tidewire.realtime.api import AdminAPI
 from tidewire.realtime.auth import Identity, Verifier, extract_token, verify
 from tidewire.realtime.brokers.base import Broker, Target
 from tidewire.realtime.brokers.memory import MemoryBroker
@@ -38,6 +39,7 @@ from tidewire.realtime.context import Context
 from tidewire.realtime.flow import Policy, SlowConsumerPolicy
 from tidewire.realtime.hub import Hub
 from tidewire.realtime.limits import RateLimiter, RateLimits
+from tidewire.realtime.metrics import Metrics
 from tidewire.realtime.middleware import Middleware, run_chain
 from tidewire.realtime.options import AppOptions
 from tidewire.realtime.session import Session
@@ -73,6 +75,9 @@ class App:
     ``auth`` is a token verifier (``HMACVerifier``, ``JWTVerifier`` or any
     callable returning an Identity); with one, every message but ``auth`` and
     ``ping`` is refused until the client authenticated (``auth_required``).
+    ``admin_token`` enables the admin endpoints (``/stats``, ``/debug/...``,
+    ``/api/...``; docs/operations.md), ``metrics_public`` serves ``/metrics``
+    without it, and ``debug`` keeps a log of each connection's last messages.
     Other keyword arguments are :class:`AppOptions`.
     """
 
@@ -85,6 +90,9 @@ class App:
         broker: Broker | None = None,
         path: str = "/ws",
         clock: Callable[[], float] = time.time,
+        admin_token: str | None = None,
+        metrics_public: bool = False,
+        debug: bool = False,
         **options: Any,
     ) -> None:
         """Configure the app; see the class docstring."""
@@ -118,6 +126,15 @@ class App:
         self.router = Router()
         self.router.add_websocket(path, self)
         self.router.add_http("/tidewire.js", client_js)
+        self.metrics = Metrics(
+            self,
+            debug=debug,
+            log_size=self.options.debug_log_size,
+            entry_bytes=self.options.debug_entry_bytes,
+        )
+        self.hub.on_broadcast = self.metrics.broadcast
+        self.api = AdminAPI(self, admin_token=admin_token, metrics_public=metrics_public)
+        self.api.register(self.router)
         self._started = False
         self._sweeper: asyncio.Task[None] | None = None
         self._presence_dirty: set[str] = set()
@@ -231,6 +248,7 @@ class App:
         self, room: str, envelope: dict[str, Any], *, exclude: str | None = None
     ) -> None:
         """Send ``envelope`` to everyone in ``room`` (``exclude``: a connection id)."""
+        self.metrics.room_message(room)
         await self.broker.send(Target.ROOM, room, encode(envelope), exclude)
 
     async def emit_user(self, user: str, envelope: dict[str, Any]) -> None:
@@ -386,8 +404,10 @@ class App:
         await self.start()
         session = Session(ws, self)
         self.stats["connections"] += 1
+        self.metrics.opened(session)
         if not await self._accept(session):
             # Refused before the hello: no rooms, no disconnect hooks to run.
+            self.metrics.closed(session)
             if session.expiry_timer is not None:
                 session.expiry_timer.cancel()
             return
@@ -479,6 +499,7 @@ class App:
         a flood of garbage ends in close 1008 like any other abuse.
         """
         self.stats["messages_in"] += 1
+        self.metrics.received(session, data)
         bad: WireError | None = None
         try:
             message = decode(data)
@@ -666,6 +687,7 @@ class App:
             with contextlib.suppress(Exception):
                 await self.leave(session, room)
         self.hub.remove(session)
+        self.metrics.closed(session)
         if self.limiter is not None:
             self.limiter.forget(session.id)
         for hook in self.disconnect_hooks:

@@ -39,18 +39,34 @@ async def subscribe(ctx: Context) -> None:
         if len(session.channels) >= limit:
             raise RealtimeError(f"at most {limit} channels per connection", "limit")
         await app.authorize(session, channel, "subscribe")
+    # Subscribe before asking the broker, holding live publications back: one
+    # published while the broker answers would otherwise be in neither the
+    # reply nor the live stream (a gap), or in both (a duplicate).
+    hub, new = app.hub, channel not in session.channels
+    hub.subscribe(session, channel)
+    hub.hold(session, channel)
     reply: dict[str, Any] = {"channel": channel}
     since = message.get("since")
     now = app.clock()
-    if since is not None:
-        recovery = await app.broker.recover(channel, since["epoch"], since["offset"], now)
-        reply["epoch"], reply["offset"] = recovery.epoch, recovery.offset
-        reply["recovered"] = recovery.recovered
-        reply["publications"] = [pub.envelope() for pub in recovery.publications]
-    else:
-        reply["epoch"], reply["offset"] = await app.broker.position(channel, now)
-    app.hub.subscribe(session, channel)
+    try:
+        if since is not None:
+            recovery = await app.broker.recover(channel, since["epoch"], since["offset"], now)
+            reply["epoch"], reply["offset"] = recovery.epoch, recovery.offset
+            reply["recovered"] = recovery.recovered
+            reply["publications"] = [pub.envelope() for pub in recovery.publications]
+        else:
+            reply["epoch"], reply["offset"] = await app.broker.position(channel, now)
+    except BaseException:
+        held = hub.release(session, channel)
+        if new:
+            hub.unsubscribe(session, channel)
+        else:
+            for text in held:
+                session.send(text)
+        raise
     ctx.reply("subscribed", **reply)
+    for text in hub.release(session, channel, after=reply["offset"]):
+        session.send(text)
 
 
 async def unsubscribe(ctx: Context) -> None:

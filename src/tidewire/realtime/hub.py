@@ -7,8 +7,9 @@ profile and writes the same bytes to every receiver.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 # Through the package: ``from tidewire.transport import broadcast`` names a submodule too,
 # and realtime may use only what tidewire.transport exports (tests/test_layers.py).
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from tidewire.realtime.session import Session
 
 __all__ = ["Hub", "Room"]
+
+_V = TypeVar("_V")
 
 
 class Room:
@@ -80,6 +83,12 @@ class Hub:
         self.users: dict[str, dict[str, Session]] = {}
         self.rooms: dict[str, Room] = {}
         self.subscribers: dict[str, dict[str, Session]] = {}
+        #: Called with the receivers and the text after each broadcast (the App's metrics).
+        self.on_broadcast: Callable[[list[transport.WebSocket], str], None] | None = None
+        #: channel -> session id -> publications held back while its ``subscribed``
+        #: reply is being prepared; then the offset that reply covered (:meth:`hold`).
+        self.held: dict[str, dict[str, list[str]]] = {}
+        self.floors: dict[str, dict[str, int]] = {}
         self.deliveries = 0
 
     # --------------------------------------------------------------- registry
@@ -136,12 +145,61 @@ class Hub:
 
     def unsubscribe(self, session: Session, channel: str) -> None:
         """Stop delivering ``channel`` to ``session``."""
+        self.release(session, channel)
         session.channels.discard(channel)
         subs = self.subscribers.get(channel)
         if subs is not None:
             subs.pop(session.id, None)
             if not subs:
                 del self.subscribers[channel]
+
+    def hold(self, session: Session, channel: str) -> None:
+        """Keep ``channel``'s deliveries to ``session`` aside until :meth:`release`.
+
+        Subscribing awaits the broker for the channel's position; a publication
+        delivered meanwhile must reach the client after the ``subscribed``
+        reply, and only if the reply's offset does not already cover it.
+        """
+        self.held.setdefault(channel, {})[session.id] = []
+
+    def release(self, session: Session, channel: str, after: int | None = None) -> list[str]:
+        """Stop holding; the texts held back for ``session``, in delivery order.
+
+        With ``after`` (the offset the reply covered), publications at or below
+        it are left out, and dropped for ``session`` when they arrive later
+        until a newer one does: a broker may answer before its subscriber has
+        delivered the publications it counted (Redis: two connections).
+        """
+        texts = _pop(self.held, channel, session.id) or []
+        _pop(self.floors, channel, session.id)
+        if after is None:
+            return texts
+        self.floors.setdefault(channel, {})[session.id] = after
+        return [text for text in texts if self._past_floor(channel, session.id, text)]
+
+    def _screen_sessions(self, channel: str, sessions: list[Session], text: str) -> list[Session]:
+        """Hold ``text`` for sessions being subscribed; drop publications a reply covered."""
+        held = self.held.get(channel, {})
+        keep = []
+        for session in sessions:
+            texts = held.get(session.id)
+            if texts is not None:
+                texts.append(text)
+            elif self._past_floor(channel, session.id, text):
+                keep.append(session)
+        return keep
+
+    def _past_floor(self, channel: str, session_id: str, text: str) -> bool:
+        """False for a publication at or below the session's floor; a newer one lifts it."""
+        floors = self.floors.get(channel)
+        floor = floors.get(session_id) if floors else None
+        if floor is None:
+            return True
+        offset = _publish_offset(text)
+        if offset is not None and offset <= floor:
+            return False
+        _pop(self.floors, channel, session_id)
+        return True
 
     # --------------------------------------------------------------- delivery
 
@@ -167,6 +225,8 @@ class Hub:
         receiver's batch takes the text.
         """
         sessions = self.receivers(target, name)
+        if target is Target.CHANNEL and (name in self.held or name in self.floors):
+            sessions = self._screen_sessions(name, sessions, text)
         if not sessions:
             return
         room = name if target is Target.ROOM else None
@@ -181,3 +241,24 @@ class Hub:
         ]
         if ready:
             self.deliveries += transport.broadcast(ready, text)
+            if self.on_broadcast is not None:
+                self.on_broadcast(ready, text)
+
+
+def _pop(table: dict[str, dict[str, _V]], channel: str, session_id: str) -> _V | None:
+    """Remove and return ``table[channel][session_id]``, dropping an emptied channel."""
+    entries = table.get(channel)
+    if entries is None:
+        return None
+    value = entries.pop(session_id, None)
+    if not entries:
+        del table[channel]
+    return value
+
+
+def _publish_offset(text: str) -> int | None:
+    """The offset of an encoded ``publish`` envelope; None for any other message."""
+    if type_of(text) != "publish":
+        return None
+    offset = json.loads(text).get("offset")
+    return offset if isinstance(offset, int) and not isinstance(offset, bool) else None

@@ -60,6 +60,12 @@ class AppOptions:
     presence_events_max: int = 100
     #: Seconds between the batched ``presence`` counts of a big room.
     presence_interval: float = 1.0
+    #: Debug mode (``App(debug=True)``): messages kept per connection, both
+    #: directions, in a ring buffer exported by /debug/connections/{id}.
+    debug_log_size: int = 100
+    #: Debug mode: bytes of each logged message kept (the rest is cut), so a
+    #: connection's log holds at most debug_log_size * debug_entry_bytes of data.
+    debug_entry_bytes: int = 1024
 
     def with_(self, **changes: Any) -> AppOptions:
         """A copy with ``changes`` applied (unknown names raise TypeError)."""

@@ -60,6 +60,7 @@ class Session:
         "outbox",
         "outbox_bytes",
         "flush_handle",
+        "headroom",
         "__weakref__",
     )
 
@@ -88,6 +89,8 @@ class Session:
         self.outbox: list[str] = []
         self.outbox_bytes = 0
         self.flush_handle: asyncio.TimerHandle | None = None
+        #: Largest message the fast path of admit() may pass without measuring.
+        self.headroom = app.options.max_outgoing_bytes - 2 * ws.options.write_high_water
         #: Closes the session when its credentials expire (kept out of ``metadata``,
         #: which presence sends to clients).
         self.expiry_timer: asyncio.TimerHandle | None = None
@@ -131,6 +134,7 @@ class Session:
             policy = self.app.policy_for(None, type_of(text))
         if not self.admit(text, policy):
             return False
+        self.app.metrics.sent(self, envelope, text)
         if self.app.options.batch_interval is not None:
             self._batch(text)
             return True
@@ -145,6 +149,12 @@ class Session:
         if self.closing:
             return False
         ws = self.ws
+        # Fast path, taken for nearly every message: while the transport is not
+        # paused its buffer is below high water and what waits for the scheduled
+        # flush is below it too (the transport flushes at once past it), so the
+        # backlog is at most twice high water, far under max_outgoing_bytes.
+        if not ws.write_paused and not self.held and len(text) + self.outbox_bytes <= self.headroom:
+            return True
         if policy.kind is Policy.LATEST:
             if self.held or ws.write_paused:
                 self._hold(text, policy)

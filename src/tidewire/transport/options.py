@@ -59,6 +59,9 @@ class Options:
     max_headers: int = http.MAX_HEADERS
     #: Largest handshake head (bytes); 431 beyond it.
     max_head: int = http.MAX_HEADER_BYTES
+    #: Largest plain-HTTP request body (bytes, Content-Length framing only):
+    #: read whole before the HTTP route runs; 413 beyond it.
+    max_body_size: int | None = http.MAX_BODY_BYTES
     #: Seconds a peer's valid messages may wait to be handled before a protocol
     #: error that followed them closes the connection.
     fail_delay: float = 1.0

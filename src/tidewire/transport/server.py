@@ -55,6 +55,7 @@ class ServerConnection(WebSocket):
             max_line=options.max_line,
             max_headers=options.max_headers,
             max_head=options.max_head,
+            max_body=options.max_body_size,
             max_message_size=options.max_message_size,
             max_frame_size=options.max_frame_size,
             defer_failure=True,
@@ -101,6 +102,8 @@ class ServerConnection(WebSocket):
         if proto.request is not None and self.request is None:
             self._request = proto.request
             self.server.dispatch(self, proto.request)
+        elif proto.request is None:
+            self._flush()  # a "100 Continue" while the request body is on its way
 
     def respond(self, response: Response) -> None:
         """Answer the request with a plain HTTP response and close."""

@@ -78,6 +78,7 @@ def build_app(
     limits: ChatLimits | None = None,
     *,
     broker: Broker | None = None,
+    admin_token: str | None = None,
 ) -> App:
     """The chat App on ``store`` (in-memory SQLite when None) and ``broker`` (in-memory)."""
     store = store if store is not None else MessageStore()
@@ -96,6 +97,7 @@ def build_app(
 
     app = App(
         broker=broker,
+        admin_token=admin_token,
         auth=verify,
         rate_limits=RateLimits(per_type={"chat": limits.chat_rate, "typing": RateLimit(5, 10)}),
     )

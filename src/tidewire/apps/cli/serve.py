@@ -48,6 +48,12 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="processes on one port (needs --broker redis://)"
     )
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("TIDEWIRE_ADMIN_TOKEN"),
+        help="enables /stats, /metrics, /debug and /api/* behind this bearer token "
+        "(default: $TIDEWIRE_ADMIN_TOKEN; unset: those endpoints answer 404)",
+    )
     parser.add_argument("--worker-id", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
@@ -75,7 +81,7 @@ async def _serve(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, request_stop)
     store = MessageStore(args.db)
-    app = build_app(store, broker=make_broker(args.broker))
+    app = build_app(store, broker=make_broker(args.broker), admin_token=args.admin_token)
     add_routes(app)
     server = await app.serve(args.host, args.port, reuse_port=args.worker_id is not None)
     host = f"[{args.host}]" if ":" in args.host else args.host
@@ -93,8 +99,11 @@ def _run_workers(args: argparse.Namespace) -> int:
     """Start ``--workers`` processes on one port; forward SIGINT/SIGTERM; wait for them."""
     base = [sys.executable, "-m", "tidewire", "serve", "--host", args.host]
     base += ["--port", str(args.port), "--db", args.db, "--broker", args.broker]
+    env = dict(os.environ)
+    if args.admin_token:
+        env["TIDEWIRE_ADMIN_TOKEN"] = args.admin_token  # not on the command line: ps shows it
     procs = [
-        subprocess.Popen([*base, "--worker-id", str(i)], start_new_session=True)
+        subprocess.Popen([*base, "--worker-id", str(i)], start_new_session=True, env=env)
         for i in range(args.workers)
     ]
     stopping = False

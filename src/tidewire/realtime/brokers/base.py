@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from tidewire.realtime.channels import Publication, Recovery
@@ -31,6 +32,10 @@ class Node(Protocol):
 
     def deliver(self, target: Target, name: str, text: str, exclude: str | None) -> None:
         """Write ``text`` (an encoded envelope) to the local receivers of ``target``/``name``."""
+        ...
+
+    def receivers(self, target: Target, name: str) -> Sequence[object]:
+        """The local receivers of ``target``/``name`` (a broker skips work for nobody)."""
         ...
 
 
@@ -67,3 +72,11 @@ class Broker(ABC):
     def healthy(self) -> bool:
         """Whether deliveries currently reach every node."""
         return True
+
+    async def probe(self, timeout: float = 1.0) -> bool:
+        """Whether a message sent through the broker now comes back to this node in time.
+
+        For ``/health``: a broker whose subscription silently died must report it
+        (reliability-anchors §3.3 item 5).  The default trusts :attr:`healthy`.
+        """
+        return self.healthy
