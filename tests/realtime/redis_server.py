@@ -53,7 +53,7 @@ class RedisServer:
         """Pick a port; nothing runs before :meth:`start`."""
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+            pytest.fail("redis-server is missing: scripts/test installs it from Debian packages")
         self.binary = binary
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
