@@ -87,6 +87,14 @@ async def test_two_users_on_different_workers_chat(tmp_path: Path, redis: RedisS
             await ann.send({"type": "chat", "room": "general", "text": "hello back"})
             assert (await bob.receive("chat"))["text"] == "hello back"
 
+            # Every worker shows the same history: it lives in Redis.
+            for name, node in (("cyd", bob_node), ("dan", ann_node)):
+                late, _ = await on_other_worker(stack, url, name, name[0] * 16, node)
+                await late.join("general")
+                history = await late.receive("history")
+                texts = [m["text"] for m in history["messages"]]
+                assert texts == ["hi from worker 2", "hello back"]
+
 
 def test_workers_need_a_shared_broker(tmp_path: Path) -> None:
     """--workers 2 on the in-memory broker is refused with a clear error."""

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from tidewire.apps.chat.handlers import ChatLimits, build_app
-from tidewire.apps.chat.store import MessageStore
+from tidewire.apps.chat.store import HistoryStore, MessageStore, RedisMessageStore
 
-__all__ = ["ChatLimits", "MessageStore", "build_app"]
+__all__ = ["ChatLimits", "HistoryStore", "MessageStore", "RedisMessageStore", "build_app"]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tidewire.apps.chat.store import MessageStore
+from tidewire.apps.chat.store import HistoryStore, MessageStore
 from tidewire.errors import RealtimeError, Unauthorized
 from tidewire.realtime import App, Context, Identity, RateLimit, RateLimits, Session
 from tidewire.realtime.brokers import Broker
@@ -74,7 +74,7 @@ class NameRegistry:
 
 
 def build_app(
-    store: MessageStore | None = None,
+    store: HistoryStore | None = None,
     limits: ChatLimits | None = None,
     *,
     broker: Broker | None = None,
@@ -119,7 +119,8 @@ def build_app(
 
     @app.on_join
     async def send_history(session: Session, room: str) -> None:
-        session.emit("history", room=room, messages=store.recent(room, limits.history))
+        messages = await store.recent_messages(room, limits.history)
+        session.emit("history", room=room, messages=messages)
 
     @app.authorize_with
     def rooms_fit(session: Session, name: str, action: str) -> bool:
@@ -144,7 +145,7 @@ def build_app(
                 f"a message is at most {limits.max_text} characters, got {len(text)}", "invalid"
             )
         assert ctx.user is not None
-        message = store.add(room, ctx.user, text, time.time())
+        message = await store.add_message(room, ctx.user, text, time.time())
         await ctx.emit_room(room, "chat", **message)
 
     @app.on("typing", fields={"room": str, "typing": bool})

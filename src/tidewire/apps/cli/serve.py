@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from tidewire.apps.chat import MessageStore, build_app
+from tidewire.apps.chat import HistoryStore, MessageStore, RedisMessageStore, build_app
 from tidewire.apps.chat.web import add_routes
 from tidewire.realtime.brokers import Broker, MemoryBroker
 
@@ -38,7 +38,10 @@ def register(sub: Any) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument(
-        "--db", default=DEFAULT_DB, help=f"SQLite file for history (default {DEFAULT_DB})"
+        "--db",
+        default=DEFAULT_DB,
+        help=f"SQLite file for history (default {DEFAULT_DB}; with --broker redis:// "
+        "the history is kept in Redis instead, shared by every node)",
     )
     parser.add_argument(
         "--broker",
@@ -80,7 +83,10 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, request_stop)
-    store = MessageStore(args.db)
+    # With a shared broker every node must show the same history: keep it in Redis.
+    store: HistoryStore = (
+        MessageStore(args.db) if args.broker == "memory" else RedisMessageStore(args.broker)
+    )
     app = build_app(store, broker=make_broker(args.broker), admin_token=args.admin_token)
     add_routes(app)
     server = await app.serve(args.host, args.port, reuse_port=args.worker_id is not None)
@@ -92,7 +98,7 @@ async def _serve(args: argparse.Namespace) -> None:
     finally:
         await server.shutdown()
         await app.close()
-        store.close()
+        await store.aclose()
 
 
 def _run_workers(args: argparse.Namespace) -> int:
