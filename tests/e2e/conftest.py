@@ -1,7 +1,8 @@
 """Browser-test fixtures: one headless Debian Chromium per session, a fresh context per page.
 
 Playwright drives the system Chromium (``/usr/bin/chromium``); its own browser
-downloads are never used.  Without that binary the browser tests are skipped.
+downloads are never used.  Without that binary the browser tests fail: scripts/test
+installs it (Debian's ``chromium``), so a missing browser is a setup error, not a skip.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ except ImportError:  # pragma: no cover - the e2e extra is not installed
 async def browser() -> AsyncIterator[Browser]:
     """Headless Chromium, launched once for the whole session."""
     if async_playwright is None:
-        pytest.skip("playwright is not installed")
+        pytest.fail("playwright is not installed: pip install -e '.[dev]'")
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is not installed")
+        pytest.fail(f"{CHROMIUM} is missing: scripts/test installs Debian's chromium")
     async with async_playwright() as pw:
         instance = await pw.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
