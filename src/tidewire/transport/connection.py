@@ -299,21 +299,13 @@ class WebSocket(asyncio.Protocol):
         threshold for this message.  Waits while the write buffer is above
         ``write_high_water``.  Raises ConnectionClosed once closing.
         """
-        proto = self.proto
-        if proto.state is not State.OPEN:
-            raise self._closed_exc()
-        if self._sending_stream:
-            raise ConcurrencyError("a fragmented message is being sent")
-        if isinstance(message, str):
-            proto.send_text(message, compress=compress)
-        elif isinstance(message, bytes | bytearray | memoryview):
-            proto.send_binary(message, compress=compress)
-        elif isinstance(message, dict):
-            raise TypeError("send() takes str or bytes; encode dicts with json.dumps")
-        else:
+        if not isinstance(message, str | bytes | bytearray | memoryview):
+            if isinstance(message, dict):
+                raise TypeError("send() takes str or bytes; encode dicts with json.dumps")
+            self._check_sendable()
             await self._send_fragments(message, compress)
             return
-        self._queued(len(message))
+        self.send_nowait(message, compress=compress)
         if self._write_paused:
             await self._drain()
 
@@ -330,11 +322,8 @@ class WebSocket(asyncio.Protocol):
         Raises ConnectionClosed once closing, like :meth:`send`, and
         ConcurrencyError while a fragmented message is being sent.
         """
+        self._check_sendable()
         proto = self.proto
-        if proto.state is not State.OPEN:
-            raise self._closed_exc()
-        if self._sending_stream:
-            raise ConcurrencyError("a fragmented message is being sent")
         if isinstance(message, str):
             proto.send_text(message, compress=compress)
         elif isinstance(message, bytes | bytearray | memoryview):
@@ -342,6 +331,13 @@ class WebSocket(asyncio.Protocol):
         else:
             raise TypeError(f"send_nowait() takes str or bytes, not {type(message).__name__}")
         self._queued(len(message))
+
+    def _check_sendable(self) -> None:
+        """Raise ConnectionClosed once closing, ConcurrencyError during a fragmented send."""
+        if self.proto.state is not State.OPEN:
+            raise self._closed_exc()
+        if self._sending_stream:
+            raise ConcurrencyError("a fragmented message is being sent")
 
     def _queued(self, size: int, batch: list[WebSocket] | None = None) -> None:
         """Account one message of ``size`` bytes the core just framed, and get it written.

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
-import signal
 from typing import Any
 
 import tidewire
+from tidewire.apps.cli.signals import stop_requested
 from tidewire.transport import WebSocket
 
 __all__ = ["register", "run", "echo_handler", "ECHO_MAX_MESSAGE_SIZE"]
@@ -44,16 +43,7 @@ def register(sub: Any) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-
-    def request_stop() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, request_stop)
+    stop = stop_requested()
     server = await tidewire.serve(
         echo_handler,
         args.host,

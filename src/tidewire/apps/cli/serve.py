@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from typing import Any
 
 from tidewire.apps.chat import HistoryStore, MessageStore, RedisMessageStore, build_app
 from tidewire.apps.chat.web import add_routes
+from tidewire.apps.cli.signals import stop_requested
 from tidewire.realtime.brokers import Broker, MemoryBroker
 
 __all__ = ["register", "run", "DEFAULT_DB", "make_broker"]
@@ -73,16 +73,7 @@ def make_broker(url: str, *, history_size: int = 100) -> Broker:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-
-    def request_stop() -> None:
-        if not stop.done():
-            stop.set_result(None)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, request_stop)
+    stop = stop_requested()
     # With a shared broker every node must show the same history: keep it in Redis.
     store: HistoryStore = (
         MessageStore(args.db) if args.broker == "memory" else RedisMessageStore(args.broker)
