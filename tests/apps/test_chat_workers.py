@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,13 +37,19 @@ def workers(tmp_path: Path, redis_url: str, count: int = 2) -> Iterator[int]:
         [sys.executable, "-m", "tidewire", "serve", "--workers", str(count)]
         + ["--port", str(port), "--broker", redis_url, "--db", str(tmp_path / "chat.db")],
         stdout=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(count)]
-        assert all("worker" in line for line in lines), lines
+        # Workers share the pipe, so their lines may interleave: wait (bounded)
+        # until every worker has announced itself anywhere in the output.
+        fd, seen = proc.stdout.fileno(), b""
+        deadline = time.monotonic() + 30
+        while not all(f"worker {i} ".encode() in seen for i in range(count)):
+            left = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([fd], [], [], left)
+            assert ready and proc.poll() is None, f"workers did not start: {seen!r}"
+            seen += os.read(fd, 4096)
         yield port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
