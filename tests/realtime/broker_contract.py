@@ -22,6 +22,7 @@ import pytest
 from tidewire.errors import BrokerError
 from tidewire.realtime.brokers import Broker, Target
 from tidewire.realtime.channels import Publication
+from tidewire.realtime.presence import Member, PresenceUpdate, RoomPresence
 
 #: Seconds to wait for a delivery that goes through a real broker.
 TIMEOUT = 3.0
@@ -283,6 +284,62 @@ async def check_healthy_and_probe_when_up(kit: BrokerKit) -> None:
     assert await broker.probe(TIMEOUT)
 
 
+async def check_presence_first_join_and_last_leave(kit: BrokerKit) -> None:
+    """Presence: only a member's first connection is a change, only its last leave is."""
+    broker = await kit.start(RecordingNode())
+    join, leave = broker.presence_join, broker.presence_leave
+    assert await join("lobby", "alice", "c1", {}) == PresenceUpdate(True, 1, "alice")
+    assert await join("lobby", "alice", "c2", {}) == PresenceUpdate(False, 1, "alice")
+    assert await join("lobby", "bob", "c3", {}) == PresenceUpdate(True, 2, "bob")
+    assert await join("lobby", "alice", "c1", {}) == PresenceUpdate(False, 2, "alice")
+    assert await join("lobby", "mallory", "c1", {}) == PresenceUpdate(False, 2, "alice")
+    assert await leave("lobby", "c1") == PresenceUpdate(False, 2, "alice")
+    assert await leave("lobby", "c2") == PresenceUpdate(True, 1, "alice")
+    assert await leave("lobby", "c2") == PresenceUpdate(False, 1, None)
+    assert await leave("nowhere", "c3") == PresenceUpdate(False, 0, None)
+    assert await leave("lobby", "c3") == PresenceUpdate(True, 0, "bob")
+    assert await broker.presence_members("lobby") == RoomPresence(0, 0, ())
+    assert await broker.presence_rooms() == []
+
+
+async def check_presence_lists_members_with_meta(kit: BrokerKit) -> None:
+    """Members sorted, with connection counts and metadata as it was at join; ``limit``."""
+    broker = await kit.start(RecordingNode())
+    meta: dict[str, Any] = {"status": "here"}
+    await broker.presence_join("lobby", "bob", "c1", meta)
+    meta["status"] = "changed after the join"
+    await broker.presence_join("lobby", "alice", "c2", {"a": 1, "tags": [], "s": "h\u00e9"})
+    await broker.presence_join("lobby", "alice", "c3", {"b": None})
+    await broker.presence_join("kitchen", "carol", "c4", {})
+    listing = await broker.presence_members("lobby")
+    assert (listing.count, listing.connections, listing.names) == (2, 3, ["alice", "bob"])
+    assert listing.members == (
+        Member("alice", 2, {"a": 1, "tags": [], "s": "h\u00e9", "b": None}),
+        Member("bob", 1, {"status": "here"}),
+    )
+    names = await broker.presence_members("lobby", 2, meta=False)
+    assert names == RoomPresence(2, 3, (Member("alice", 2, {}), Member("bob", 1, {})))
+    assert await broker.presence_members("lobby", 1) == RoomPresence(2, 3, ())
+    assert await broker.presence_members("lobby", 0, meta=False) == RoomPresence(2, 3, ())
+    assert await broker.presence_members("empty") == RoomPresence(0, 0, ())
+    assert await broker.presence_rooms() == [("kitchen", 1), ("lobby", 2)]
+
+
+async def check_presence_decides_first_and_last_once_under_concurrency(kit: BrokerKit) -> None:
+    """20 concurrent joins of one member: one first; 20 concurrent leaves: one last."""
+    broker = await kit.start(RecordingNode())
+    joins = await asyncio.gather(
+        *(broker.presence_join("r", "ann", f"c{i}", {"i": i}) for i in range(20))
+    )
+    assert sum(update.changed for update in joins) == 1
+    listing = await broker.presence_members("r")
+    assert listing.members[0].user == "ann" and listing.members[0].connections == 20
+    leaves = await asyncio.gather(*(broker.presence_leave("r", f"c{i}") for i in range(20)))
+    assert sum(update.changed for update in leaves) == 1
+    assert [update.member for update in leaves] == ["ann"] * 20
+    assert await broker.presence_rooms() == []
+
+
 CHECKS: list[Callable[[BrokerKit], Awaitable[None]]] = [
     check_send_reaches_the_node_once,
     check_publish_numbers_densely_under_concurrency,
@@ -296,6 +353,9 @@ CHECKS: list[Callable[[BrokerKit], Awaitable[None]]] = [
     check_new_epoch_after_history_loss,
     check_close_stops_delivery,
     check_healthy_and_probe_when_up,
+    check_presence_first_join_and_last_leave,
+    check_presence_lists_members_with_meta,
+    check_presence_decides_first_and_last_once_under_concurrency,
 ]
 
 

@@ -1,4 +1,4 @@
-"""The broker contract (tests/realtime/broker_contract.py) run against every broker kind."""
+"""The broker contract (broker_contract.py) against every broker kind, then MemoryBroker's own."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
+from tidewire.realtime import App
 from tidewire.realtime.brokers import Broker, MemoryBroker, RedisBroker
+from tidewire.realtime.brokers.memory import _SWEEP_EVERY
 
-from .broker_contract import BrokerKit, check_ids
+from .broker_contract import BrokerKit, RecordingNode, check_ids
 from .redis_server import RedisServer, running_redis, unique_prefix
 
 
@@ -72,3 +74,34 @@ async def test_broker_contract(
 ) -> None:
     """Each broker kind passes each check of the broker contract."""
     await check(kit)
+
+
+async def test_memory_sweep_starts_a_new_epoch_and_keeps_followed_channels() -> None:
+    """A swept channel restarts at 1 in a new epoch; a channel followed here is never swept."""
+    node = RecordingNode(channels=["followed"])
+    broker = MemoryBroker(history_ttl=10.0)
+    await broker.start(node)
+    await broker.publish("idle", "old", publisher=None, now=0.0)
+    await broker.publish("followed", "old", publisher=None, now=0.0)
+    idle_epoch, _ = await broker.position("idle", 0.0)
+    followed = await broker.position("followed", 0.0)
+    for _ in range(_SWEEP_EVERY - 2):  # the sweep runs on the _SWEEP_EVERY-th publish
+        await broker.publish("busy", "x", publisher=None, now=100.0)
+    assert "idle" not in broker.histories and "followed" in broker.histories
+    assert (await broker.publish("idle", "new", publisher=None, now=100.0)).offset == 1
+    epoch, top = await broker.position("idle", 100.0)
+    assert epoch != idle_epoch and top == 1
+    recovery = await broker.recover("idle", idle_epoch, 1, 100.0)
+    assert (recovery.recovered, recovery.epoch, recovery.offset) == (False, epoch, 1)
+    assert await broker.position("followed", 100.0) == followed
+    assert (await broker.publish("followed", "new", publisher=None, now=100.0)).offset == 2
+
+
+def test_the_app_gives_its_clock_to_the_memory_broker_it_creates() -> None:
+    """App(clock=c) creates its MemoryBroker with clock c."""
+
+    def clock() -> float:
+        return 42.0
+
+    broker = App(clock=clock).broker
+    assert isinstance(broker, MemoryBroker) and broker.clock is clock

@@ -148,6 +148,47 @@ async def test_health_path_none_disables_health() -> None:
             assert (await http_request(server.port, "/health")).status == 404
 
 
+async def test_health_hook_extends_the_answer_and_sets_the_status() -> None:
+    """health(stats) returns the body: 200 when its status is "ok", 503 otherwise; sync or async."""
+    seen: list[dict[str, Any]] = []
+    verdict = {"status": "ok"}
+
+    async def check(stats: dict[str, Any]) -> dict[str, Any]:
+        seen.append(stats)
+        return {**stats, **verdict, "extra": {"healthy": verdict["status"] == "ok"}}
+
+    async with asyncio.timeout(T):
+        async with serve(echo, health=check) as server:
+            good = await http_request(server.port, "/health")
+            assert good.status == 200
+            assert good.json()["extra"] == {"healthy": True} and "uptime_seconds" in good.json()
+            assert seen[0]["connections"] == 0 and seen[0]["status"] == "ok"
+            verdict["status"] = "degraded"
+            bad = await http_request(server.port, "/health")
+            assert (bad.status, bad.json()["status"]) == (503, "degraded")
+        async with serve(echo, health=lambda stats: {"status": "busy"}) as server:
+            assert (await http_request(server.port, "/health")).status == 503
+
+
+async def test_health_hook_is_skipped_while_draining_and_its_failure_is_500() -> None:
+    """A draining server answers 503 without asking the hook; a hook that raises gives 500."""
+    calls = 0
+
+    def failing(stats: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("the hook broke")
+
+    async with asyncio.timeout(T):
+        server = await serve(echo, health=failing)
+        assert (await http_request(server.port, "/health")).status == 500
+        server.draining = True
+        health = await http_request(server.port, "/health")
+        assert (health.status, health.json()["status"]) == (503, "draining")
+        assert calls == 1
+        await server.shutdown(spread=0.0)
+
+
 async def test_malformed_handshake_gets_400() -> None:
     """An upgrade request without Sec-WebSocket-Key is answered 400 and closed."""
     async with asyncio.timeout(T):

@@ -264,22 +264,14 @@ class AdminAPI:
         return 200, answer
 
     async def api_presence(self, request: Request) -> tuple[int, Any]:
-        """``GET /api/presence/{room}``: members (with connection counts and metadata)."""
+        """``GET /api/presence/{room}``: members on every node (connection counts, metadata)."""
         room = _name(urllib.parse.unquote(request.path_only.rsplit("/", 1)[-1]), "room")
-        entry = self.app.hub.rooms.get(room)
-        members: list[dict[str, Any]] = []
-        if entry is not None:
-            for user, sessions in sorted(entry.users.items()):
-                meta: dict[str, Any] = {}
-                for session in sessions.values():
-                    meta.update(session.metadata)
-                members.append({"user": user, "connections": len(sessions), "meta": meta})
-        connections = len(entry.conns) if entry is not None else 0
+        listing = await self.app.broker.presence_members(room)
         return 200, {
             "room": room,
-            "count": len(members),
-            "connections": connections,
-            "members": members,
+            "count": listing.count,
+            "connections": listing.connections,
+            "members": [member.as_dict() for member in listing.members],
         }
 
     async def api_disconnect(self, request: Request) -> tuple[int, Any]:

@@ -16,10 +16,11 @@ import inspect
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import Any
 
 from tidewire.errors import (
+    BrokerError,
     ConnectionClosed,
     RateLimited,
     RealtimeError,
@@ -39,7 +40,7 @@ from tidewire.realtime.context import Context
 from tidewire.realtime.flow import Policy, SlowConsumerPolicy
 from tidewire.realtime.hub import Hub
 from tidewire.realtime.limits import RateLimiter, RateLimits
-from tidewire.realtime.metrics import Metrics
+from tidewire.realtime.metrics import HealthCheck, Metrics
 from tidewire.realtime.middleware import Middleware, run_chain
 from tidewire.realtime.options import AppOptions
 from tidewire.realtime.session import Session
@@ -105,8 +106,13 @@ class App:
             raise ValueError("auth_required=True needs an auth verifier")
         self.limiter = RateLimiter(rate_limits) if rate_limits is not None else None
         self.broker: Broker = broker or MemoryBroker(
-            history_size=self.options.history_size, history_ttl=self.options.history_ttl
+            history_size=self.options.history_size,
+            history_ttl=self.options.history_ttl,
+            clock=clock,
         )
+        # Presence changes no local join or leave made (a dead node's members
+        # expired, a repair after a Redis outage) are announced like the others.
+        self.broker.on_presence_change = self._presence_changed
         self.path = path
         self.clock = clock
         self.policies: dict[tuple[str | None, str | None], SlowConsumerPolicy] = {
@@ -139,6 +145,7 @@ class App:
         self._sweeper: asyncio.Task[None] | None = None
         self._presence_dirty: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._health = HealthCheck(self.broker)
 
     # ----------------------------------------------------------- registration
 
@@ -290,65 +297,148 @@ class App:
         return bool(result)
 
     async def join(self, session: Session, room: str, *, ref: Any = None) -> None:
-        """Put ``session`` in ``room``: authorize, reply ``joined``, tell the others."""
+        """Put ``session`` in ``room``: authorize, reply ``joined``, tell the others.
+
+        Membership is registered with the broker first (cluster-wide presence:
+        docs/protocol.md §6).  When the broker cannot be reached the join
+        fails with BrokerError (``broker_unavailable``) and the session is not
+        in the room, on this node or any other.  Once ``joined`` is sent the
+        session is in the room; a ``userJoined`` the broker could not carry to
+        the other nodes is logged, not reported to the joiner.
+        """
+        limit = self.options.max_members_listed
+        update = None
         if room not in session.rooms:
-            limit = self.options.max_rooms_per_connection
-            if len(session.rooms) >= limit:
-                raise RealtimeError(f"at most {limit} rooms per connection", "limit")
+            most = self.options.max_rooms_per_connection
+            if len(session.rooms) >= most:
+                raise RealtimeError(f"at most {most} rooms per connection", "limit")
             await self.authorize(session, room, "join")
-            if self.hub.join(session, room):
-                await self._presence_event(room, "userJoined", session.key, exclude=session.id)
-        entry = self.hub.rooms[room]
-        count = len(entry.users)
-        reply: dict[str, Any] = {"type": "joined", "room": room, "count": count}
-        if count <= self.options.max_members_listed:
-            reply["members"] = sorted(entry.users)
+            key = session.key
+            update = await self.broker.presence_join(room, key, session.id, session.metadata)
+            try:
+                listing = await self.broker.presence_members(room, limit, meta=False)
+            except BaseException:
+                await self._unregister(room, session.id)
+                raise
+            if session.closing:
+                # Disconnected meanwhile: its cleanup did not see this room.
+                await self._unregister(room, session.id)
+                return
+            self.hub.join(session, room, key)
+        else:
+            listing = await self.broker.presence_members(room, limit, meta=False)
+        reply: dict[str, Any] = {"type": "joined", "room": room, "count": listing.count}
+        if listing.count <= limit:
+            reply["members"] = listing.names
         if ref is not None:
             reply["id"] = ref
         session.send(reply)
+        if update is not None and update.changed:
+            await self._presence_event(
+                room, "userJoined", update.member or session.key, listing.count, session.id
+            )
         for hook in self.join_hooks:
             await hook(session, room)
 
+    async def _unregister(self, room: str, conn_id: str) -> None:
+        """Undo a join that did not complete; the broker repairs what this cannot."""
+        try:
+            await self.broker.presence_leave(room, conn_id)
+        except BrokerError as exc:
+            logger.warning("could not undo the join of %s to %r: %s", conn_id, room, exc)
+
     async def leave(self, session: Session, room: str) -> None:
-        """Take ``session`` out of ``room``; the others get ``userLeft`` after its user's last."""
+        """Take ``session`` out of ``room``; the others get ``userLeft`` after its user's last.
+
+        The session stops getting the room's messages at once.  When the
+        broker cannot be reached the leave still succeeds here; the broker
+        removes the stale registration once Redis answers again, and the
+        ``userLeft`` (if it was the member's last connection) goes out then.
+        """
         if room not in session.rooms:
             return
         entry = self.hub.rooms.get(room)
         key = entry.key_of(session) if entry is not None else session.key
-        if self.hub.leave(session, room):
-            await self._presence_event(room, "userLeft", key)
+        self.hub.leave(session, room)
+        try:
+            update = await self.broker.presence_leave(room, session.id)
+        except BrokerError as exc:
+            self.stats["presence_errors"] += 1
+            # Expected in bulk during an outage; counted, and repaired by the broker.
+            logger.debug("leave of %s from %r not registered yet: %s", session.id, room, exc)
+        else:
+            if update.changed:
+                await self._presence_event(room, "userLeft", update.member or key, update.count)
         for hook in self.leave_hooks:
             await hook(session, room)
 
     async def _presence_event(
-        self, room: str, kind: str, user: str, exclude: str | None = None
+        self, room: str, kind: str, user: str, count: int, exclude: str | None = None
     ) -> None:
         """``userJoined``/``userLeft`` in small rooms; a batched ``presence`` count in big ones.
 
+        ``count`` is the room's member count after the change, on every node.
         Per-user events in a room of N users cost O(N) each, so N joins cost
         O(N^2) deliveries: 10,000 joins would be 100 million messages.  Above
         ``presence_events_max`` users the room gets at most one
         ``{"type":"presence","room":R,"count":N}`` per ``presence_interval``.
+        Like every room message, the event is at most once across nodes: one
+        the broker cannot carry is logged and counted (``presence_events_lost``).
         """
-        entry = self.hub.rooms.get(room)
-        users = len(entry.users) if entry is not None else 0
-        if users + (kind == "userLeft") <= self.options.presence_events_max:
-            await self.emit_room(room, {"type": kind, "room": room, "user": user}, exclude=exclude)
+        if count + (kind == "userLeft") <= self.options.presence_events_max:
+            envelope = {"type": kind, "room": room, "user": user}
+            try:
+                await self.emit_room(room, envelope, exclude=exclude)
+            except BrokerError as exc:
+                self.stats["presence_events_lost"] += 1
+                logger.debug("%s for %r in %r reached this node only: %s", kind, user, room, exc)
             return
         if not self._presence_dirty:
             loop = asyncio.get_running_loop()
             loop.call_later(self.options.presence_interval, self._flush_presence)
         self._presence_dirty.add(room)
 
+    def _presence_changed(self, room: str, member: str, joined: bool, count: int) -> None:
+        """The broker's listener: a change no join or leave here made (an expired node)."""
+        kind = "userJoined" if joined else "userLeft"
+        self._spawn(self._presence_event(room, kind, member, count))
+
     def _flush_presence(self) -> None:
         rooms, self._presence_dirty = self._presence_dirty, set()
         for room in rooms:
-            entry = self.hub.rooms.get(room)
-            if entry is not None:
-                envelope = {"type": "presence", "room": room, "count": len(entry.users)}
-                task = asyncio.get_running_loop().create_task(self.emit_room(room, envelope))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            self._spawn(self._presence_count(room))
+
+    async def _presence_count(self, room: str) -> None:
+        """Send a big room its member count on every node."""
+        try:
+            count = (await self.broker.presence_members(room, 0, meta=False)).count
+            if count:
+                await self.emit_room(room, {"type": "presence", "room": room, "count": count})
+        except BrokerError as exc:
+            self.stats["presence_events_lost"] += 1
+            logger.debug("presence count of %r not sent: %s", room, exc)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------------ health
+
+    async def health(self, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``/health`` body: the transport's ``stats`` plus the broker's probe.
+
+        ``status`` is ``degraded`` (HTTP 503) while the broker's probe fails:
+        a node whose subscription is dead must leave the load balancer
+        (centrifugo#1189).  The probe is cached for HEALTH_CACHE seconds and
+        shared by concurrent checks, so a flood of checks costs Redis little.
+        """
+        body = dict(stats or {"status": "ok"})
+        report = await self._health.report()
+        body["broker"] = report
+        if not report["healthy"] and body.get("status") == "ok":
+            body["status"] = "degraded"
+        return body
 
     # ----------------------------------------------------------------- serving
 
@@ -364,6 +454,7 @@ class App:
         kwargs.setdefault("max_message_size", self.options.max_message_size)
         kwargs.setdefault("subprotocols", [SUBPROTOCOL])
         kwargs.setdefault("select_subprotocol", _select_subprotocol)
+        kwargs.setdefault("health", self.health)
         return _Serving(self, host, port, kwargs)
 
     async def start(self) -> None:

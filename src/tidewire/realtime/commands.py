@@ -95,17 +95,17 @@ COMMANDS: dict[str, Command] = {
 
 
 async def rooms_list(ctx: Context, params: Any) -> list[dict[str, Any]]:
-    """``rooms.list``: the rooms the caller may see, with member counts."""
+    """``rooms.list``: the rooms the caller may see, with member counts on every node."""
     app = ctx.app
     rooms = []
-    for name in sorted(app.hub.rooms):
+    for name, count in await app.broker.presence_rooms():
         if await app.may_see(ctx.session, name):
-            rooms.append({"room": name, "members": len(app.hub.rooms[name].users)})
+            rooms.append({"room": name, "members": count})
     return rooms
 
 
 async def presence(ctx: Context, params: Any) -> list[dict[str, Any]]:
-    """``presence`` with ``{"room": R}``: members with connection counts and metadata."""
+    """``presence`` with ``{"room": R}``: members on every node, connection counts, metadata."""
     if not isinstance(params, dict):
         raise RealtimeError("params must be {room: name}", "invalid_params")
     room = params.get("room")
@@ -116,16 +116,8 @@ async def presence(ctx: Context, params: Any) -> list[dict[str, Any]]:
     assert isinstance(room, str)
     if not await ctx.app.may_see(ctx.session, room):
         raise Rejected(f"not allowed to see room {room!r}", "forbidden")
-    entry = ctx.app.hub.rooms.get(room)
-    if entry is None:
-        return []
-    members = []
-    for user, sessions in sorted(entry.users.items()):
-        meta: dict[str, Any] = {}
-        for session in sessions.values():
-            meta.update(session.metadata)
-        members.append({"user": user, "connections": len(sessions), "meta": meta})
-    return members
+    listing = await ctx.app.broker.presence_members(room)
+    return [member.as_dict() for member in listing.members]
 
 
 BUILTIN_RPCS: dict[str, Callable[[Context, Any], Awaitable[Any]]] = {

@@ -26,7 +26,7 @@ _V = TypeVar("_V")
 
 
 class Room:
-    """The local members of one room, by connection and by user."""
+    """The local members of one room, by connection and by user (this node only)."""
 
     __slots__ = ("name", "conns", "users", "keys")
 
@@ -39,9 +39,9 @@ class Room:
         #: authenticates later changes its ``key`` but stays listed under the old one.
         self.keys: dict[str, str] = {}
 
-    def add(self, session: Session) -> bool:
-        """Add a connection; True when it is its user's first in the room."""
-        key = self.keys.setdefault(session.id, session.key)
+    def add(self, session: Session, key: str | None = None) -> bool:
+        """Add a connection (under ``key``, default its own); True when its user's first here."""
+        key = self.keys.setdefault(session.id, session.key if key is None else key)
         self.conns[session.id] = session
         sessions = self.users.setdefault(key, {})
         sessions[session.id] = session
@@ -114,13 +114,16 @@ class Hub:
         for channel in list(session.channels):
             self.unsubscribe(session, channel)
 
-    def join(self, session: Session, room: str) -> bool:
-        """Add ``session`` to ``room``; True when its user was not in the room yet."""
+    def join(self, session: Session, room: str, key: str | None = None) -> bool:
+        """Add ``session`` to ``room`` (as ``key``); True when its user was not here yet.
+
+        Local only: who is in the room on every node is the broker's presence.
+        """
         entry = self.rooms.get(room)
         if entry is None:
             entry = self.rooms[room] = Room(room)
         session.rooms.add(room)
-        return entry.add(session)
+        return entry.add(session, key)
 
     def leave(self, session: Session, room: str) -> bool:
         """Remove ``session`` from ``room``; True when it was its user's last connection there."""

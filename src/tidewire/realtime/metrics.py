@@ -14,10 +14,13 @@ In debug mode every connection also keeps a :class:`DebugLog`, a ring buffer of
 its last messages in both directions, each cut to a bounded size, exported as
 JSON by ``/debug/connections/{id}``.  Tokens in ``auth`` messages are redacted
 before they are stored.
+
+:class:`HealthCheck` adds the broker to ``/health``: its probe, cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import json
 import math
@@ -32,16 +35,20 @@ from tidewire.protocol.close import CloseCode
 
 if TYPE_CHECKING:
     from tidewire.realtime.app import App
+    from tidewire.realtime.brokers.base import Broker
     from tidewire.realtime.session import Session
     from tidewire.transport import WebSocket
 
 __all__ = [
     "DEFAULT_TOP",
+    "HEALTH_CACHE",
+    "HEALTH_PROBE_TIMEOUT",
     "MAX_TOP",
     "PROMETHEUS_CONTENT_TYPE",
     "ConnectionMetrics",
     "DebugLog",
     "Family",
+    "HealthCheck",
     "Metrics",
     "escape_help",
     "escape_label_value",
@@ -58,6 +65,13 @@ MAX_TOP = 100
 #: Closed connections whose debug log stays exportable (debug mode only): enough to
 #: look at why a client just dropped, bounded so churn cannot grow memory.
 RECENTLY_CLOSED = 32
+
+#: Seconds /health reuses the broker's probe result: load balancers check every few
+#: seconds, and a flood of checks must not become a flood of Redis round trips.
+HEALTH_CACHE = 1.0
+#: Seconds /health waits for the broker's probe: Redis answers in milliseconds, and
+#: the check must answer well within a load balancer's timeout (often 2-5 s).
+HEALTH_PROBE_TIMEOUT = 0.5
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -558,3 +572,56 @@ class Metrics:
     def prometheus(self) -> str:
         """``/metrics``: every family in the Prometheus text exposition format."""
         return render_prometheus(self.families())
+
+
+class HealthCheck:
+    """The broker's part of ``/health``: ``{"kind", "healthy", "probe_ms"}``.
+
+    ``healthy`` comes from :meth:`Broker.probe` (for Redis: a message that
+    went through Redis and came back through this node's subscription, so a
+    dead subscription shows, python-socketio#1581).  A result is reused for
+    ``cache`` seconds, and checks that arrive while a probe runs share it.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        cache: float = HEALTH_CACHE,
+        timeout: float = HEALTH_PROBE_TIMEOUT,
+    ) -> None:
+        """Probe ``broker`` with ``timeout``, at most once per ``cache`` seconds."""
+        self.broker = broker
+        self.cache = cache
+        self.timeout = timeout
+        self.probes = 0
+        self._report: dict[str, Any] | None = None
+        self._at = 0.0
+        self._pending: asyncio.Task[dict[str, Any]] | None = None
+
+    async def report(self) -> dict[str, Any]:
+        """The latest report, probing again when it is older than ``cache`` seconds."""
+        if self._report is not None and time.monotonic() - self._at < self.cache:
+            return self._report
+        if self._pending is None:
+            self._pending = asyncio.get_running_loop().create_task(self._probe())
+        # Shielded: a health request that goes away does not cancel the shared probe.
+        return await asyncio.shield(self._pending)
+
+    async def _probe(self) -> dict[str, Any]:
+        started = time.monotonic()
+        self.probes += 1
+        try:
+            healthy = await self.broker.probe(self.timeout)
+        except Exception:  # noqa: BLE001 - a failing probe is an unhealthy broker
+            healthy = False
+        finally:
+            self._pending = None
+        elapsed = time.monotonic() - started
+        report = {
+            "kind": self.broker.kind,
+            "healthy": bool(healthy),
+            "probe_ms": round(elapsed * 1000, 3),
+        }
+        self._report, self._at = report, time.monotonic()
+        return report

@@ -23,13 +23,16 @@ from tidewire.transport.connection import WebSocket
 from tidewire.transport.options import Options
 from tidewire.transport.routing import Handler, Router
 
-__all__ = ["serve", "Server", "ServerConnection", "ProcessRequest"]
+__all__ = ["serve", "Server", "ServerConnection", "ProcessRequest", "HealthHook"]
 
 logger = logging.getLogger("tidewire.server")
 
 ProcessRequest = Callable[
     ["ServerConnection", Request], Response | None | Awaitable[Response | None]
 ]
+#: ``health(stats) -> body``: extends the ``/health`` answer; 200 when the body's
+#: ``status`` is ``"ok"``, else 503 (a draining server answers 503 without asking).
+HealthHook = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
 class ServerConnection(WebSocket):
@@ -163,6 +166,7 @@ class Server:
         select_subprotocol: Callable[[Sequence[str]], str | None] | None = None,
         process_request: ProcessRequest | None = None,
         health_path: str | None = "/health",
+        health: HealthHook | None = None,
         reuse_port: bool = False,
         sock: Any = None,
     ) -> None:
@@ -183,6 +187,7 @@ class Server:
         self.select_subprotocol = select_subprotocol
         self.process_request = process_request
         self.health_path = health_path
+        self.health = health
         self.reuse_port = reuse_port
         self.sock = sock
         self.loop = asyncio.get_event_loop()
@@ -440,9 +445,13 @@ class Server:
     def _http(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path_only
         if self.health_path is not None and path == self.health_path:
-            body = json.dumps(self.stats()).encode()
-            status = 503 if self.draining else 200
-            return Response.build(status, body, content_type="application/json")
+            stats = self.stats()
+            if self.health is None or self.draining:
+                return _health_response(stats)
+            extended = self.health(stats)
+            if inspect.isawaitable(extended):
+                return self._await_health(extended)
+            return _health_response(extended)
         match = self.router.match_http(path)
         if match is not None:
             responder, _params = match
@@ -450,6 +459,15 @@ class Server:
             if isinstance(result, Response) or inspect.isawaitable(result):
                 return result
         return build_reject_response(404, f"not found: {path}")
+
+    async def _await_health(self, extended: Awaitable[dict[str, Any]]) -> Response:
+        return _health_response(await extended)
+
+
+def _health_response(body: dict[str, Any]) -> Response:
+    """200 when ``status`` is ``"ok"``, else 503: load balancers read only the status."""
+    status = 200 if body.get("status") == "ok" else 503
+    return Response.build(status, json.dumps(body).encode(), content_type="application/json")
 
 
 class _Serve:
@@ -480,6 +498,7 @@ def serve(
     select_subprotocol: Callable[[Sequence[str]], str | None] | None = None,
     process_request: ProcessRequest | None = None,
     health_path: str | None = "/health",
+    health: HealthHook | None = None,
     reuse_port: bool = False,
     sock: Any = None,
     **options: Any,
@@ -489,7 +508,10 @@ def serve(
     ``origins`` lists the allowed Origin values (None allows any: only safe
     without cookie auth, see docs on cross-site WebSocket hijacking);
     ``max_connections`` answers 503 beyond it; ``process_request(ws, request)``
-    may return a Response to answer any request itself.  Other keyword
+    may return a Response to answer any request itself.  ``health_path``
+    answers the server's :meth:`Server.stats` as JSON (200, 503 while
+    draining); ``health(stats)`` may return a richer body instead, answered
+    200 when its ``status`` is ``"ok"`` and 503 otherwise.  Other keyword
     arguments are :class:`~tidewire.transport.options.Options`.
     """
     opts = Options.from_kwargs(options)
@@ -508,6 +530,7 @@ def serve(
             select_subprotocol=select_subprotocol,
             process_request=process_request,
             health_path=health_path,
+            health=health,
             reuse_port=reuse_port,
             sock=sock,
         )

@@ -4,8 +4,10 @@ Every node subscribes to one pub/sub channel, ``{prefix}fanout``.  Per
 channel, a hash holds the ``epoch`` and the last offset (``top``) and a stream
 holds the history; a Lua script numbers a publication, appends it and
 PUBLISHes it in one atomic step, so every node sees publications in offset
-order and a node restart loses nothing that Redis kept.  docs/scale-out.md
-describes the keys, the messages and what is (and is not) guaranteed.
+order and a node restart loses nothing that Redis kept.  Room presence lives
+in Redis too (:mod:`tidewire.realtime.brokers.redis_presence`), with a node
+expiry so a dead node's members disappear.  docs/scale-out.md describes the
+keys, the messages and what is (and is not) guaranteed.
 
 Needs the ``redis`` extra (``pip install 'tidewire[redis]'``); importing this
 module without it works, creating a :class:`RedisBroker` raises ImportError.
@@ -21,14 +23,21 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from tidewire.errors import BrokerError
 from tidewire.realtime.brokers.base import Broker, Node, Target
+from tidewire.realtime.brokers.redis_presence import (
+    DEFAULT_PRESENCE_REFRESH,
+    DEFAULT_PRESENCE_TTL,
+    SCRIPTS,
+    RedisPresence,
+)
 from tidewire.realtime.channels import Publication, Recovery, new_epoch
+from tidewire.realtime.presence import PresenceUpdate, RoomPresence
 from tidewire.realtime.wire import encode
 
 try:
@@ -165,7 +174,7 @@ class _Stale(Exception):
 
 
 class RedisBroker(Broker):
-    """Fan-out and channel history shared by every node connected to one Redis.
+    """Fan-out, channel history and presence shared by every node connected to one Redis.
 
     ``url`` is a redis-py URL (``redis://[:password@]host:port/db``,
     ``rediss://`` for TLS).  ``history_size`` and ``history_ttl`` bound each
@@ -176,7 +185,13 @@ class RedisBroker(Broker):
     the sends carrying its own id); ``prefix`` starts every key and the
     pub/sub channel.  ``clock`` gives the time used when the broker catches
     up by itself after a reconnect (the App passes ``now`` everywhere else):
-    give it the App's clock when that is not :func:`time.time`.
+    give it the App's clock when that is not :func:`time.time` (the App does
+    this itself only for the MemoryBroker it creates).
+
+    Presence is kept in Redis, cluster-wide: a node refreshes its own
+    connections every ``presence_refresh`` seconds, and one that stops
+    (killed, cut off) has its members removed ``presence_ttl`` seconds after
+    its last refresh, judged by Redis's clock.
 
     Delivery: :meth:`send` writes to this node's receivers at once, then
     PUBLISHes for the other nodes (each node ignores its own ``send``
@@ -185,6 +200,8 @@ class RedisBroker(Broker):
     :class:`~tidewire.errors.BrokerError` (``send`` after the local delivery),
     the subscriber reconnects with back-off, and :attr:`healthy` is False.
     """
+
+    kind: ClassVar[str] = "redis"
 
     def __init__(
         self,
@@ -201,6 +218,8 @@ class RedisBroker(Broker):
         start_timeout: float = DEFAULT_START_TIMEOUT,
         reconnect_base: float = DEFAULT_RECONNECT_BASE,
         reconnect_cap: float = DEFAULT_RECONNECT_CAP,
+        presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        presence_refresh: float = DEFAULT_PRESENCE_REFRESH,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """Configure; nothing connects before :meth:`start`."""
@@ -217,9 +236,15 @@ class RedisBroker(Broker):
             ("command_timeout", command_timeout),
             ("reconnect_base", reconnect_base),
             ("reconnect_cap", reconnect_cap),
+            ("presence_ttl", presence_ttl),
+            ("presence_refresh", presence_refresh),
         ):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
+        if presence_refresh >= presence_ttl:
+            raise ValueError(
+                f"presence_refresh must be < presence_ttl ({presence_ttl}), got {presence_refresh}"
+            )
         self.url = url
         self.history_size = history_size
         self.history_ttl = history_ttl
@@ -232,6 +257,8 @@ class RedisBroker(Broker):
         self.start_timeout = start_timeout
         self.reconnect_base = reconnect_base
         self.reconnect_cap = reconnect_cap
+        self.presence_ttl = presence_ttl
+        self.presence_refresh = presence_refresh
         self.clock = clock
         #: The pub/sub channel every node listens on.
         self.fanout = f"{prefix}fanout"
@@ -253,6 +280,15 @@ class RedisBroker(Broker):
         #: was delivered here yet: where a catch-up after a reconnect starts.
         self._hints: dict[str, tuple[str, int]] = {}
         self._probes: dict[str, asyncio.Future[None]] = {}
+        self._presence = RedisPresence(
+            prefix=prefix,
+            node_id=self.node_id,
+            ttl=presence_ttl,
+            refresh=presence_refresh,
+            timeout=command_timeout,
+            run=self._run_script,
+            notify=self._presence_changed,
+        )
 
     def __repr__(self) -> str:
         state = "up" if self._subscribed else "down"
@@ -267,6 +303,10 @@ class RedisBroker(Broker):
     def log_key(self, channel: str) -> str:
         """The stream holding ``channel``'s history."""
         return f"{self.prefix}ch:{{{channel}}}:log"
+
+    def presence_key(self, room: str, part: str) -> str:
+        """``room``'s presence ``members`` or ``conns`` hash, or ``on:<node>`` set."""
+        return f"{self.prefix}presence:{{{room}}}:{part}"
 
     # ----------------------------------------------------------- lifecycle
 
@@ -304,12 +344,14 @@ class RedisBroker(Broker):
                 ("publish", _PUBLISH_LUA),
                 ("recover", _RECOVER_LUA),
                 ("position", _POSITION_LUA),
+                *SCRIPTS.items(),
             )
         }
         self._ready = ready = asyncio.Event()
         self._reader = asyncio.get_running_loop().create_task(
             self._run(), name=f"tidewire-redis-{self.node_id}"
         )
+        self._presence.start()
         try:
             await asyncio.wait_for(ready.wait(), self.start_timeout)
         except TimeoutError:
@@ -321,6 +363,11 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         """Stop the subscriber and close the connections (history stays in Redis)."""
+        await self._presence.stop()
+        if self._subscribed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.command_timeout):
+                    await self._presence.retire()
         self._closing = True
         reader, self._reader = self._reader, None
         if reader is not None:
@@ -451,6 +498,48 @@ class RedisBroker(Broker):
         self._seen(channel, str(epoch), int(top))
         return str(epoch), int(top)
 
+    # ------------------------------------------------------------ presence
+
+    async def presence_join(
+        self, room: str, member: str, conn_id: str, meta: Mapping[str, Any]
+    ) -> PresenceUpdate:
+        """Register the connection in Redis: one script decides "first" atomically."""
+        return await self._presence.join(room, member, conn_id, meta)
+
+    async def presence_leave(self, room: str, conn_id: str) -> PresenceUpdate:
+        """Remove the connection: one script decides "last"; repaired later if it fails."""
+        return await self._presence.leave(room, conn_id)
+
+    async def presence_members(
+        self, room: str, limit: int | None = None, *, meta: bool = True
+    ) -> RoomPresence:
+        """The room's members on every live node (dead nodes' expired entries swept first)."""
+        return await self._presence.members(room, limit, meta)
+
+    async def presence_rooms(self) -> list[tuple[str, int]]:
+        """Rooms with members on any live node, with member counts."""
+        return await self._presence.rooms()
+
+    async def refresh_presence(self) -> None:
+        """Push this node's presence expiry, sweep dead nodes and repair, now.
+
+        The background loop does the same every ``presence_refresh`` seconds.
+        """
+        await self._presence.tick()
+
+    def _presence_changed(self, room: str, member: str, joined: bool, count: int) -> None:
+        listener = self.on_presence_change
+        if listener is None:
+            return
+        try:
+            listener(room, member, joined, count)
+        except Exception:
+            logger.exception("presence listener failed for room %r", room)
+
+    async def _run_script(self, name: str, what: str, args: Sequence[str | int]) -> Any:
+        script = self._script(name, what)
+        return await self._guard(what, script(keys=[], args=list(args)))
+
     # ------------------------------------------------------------- helpers
 
     def _require(self, what: str) -> aioredis.Redis:
@@ -503,6 +592,8 @@ class RedisBroker(Broker):
                     self.stats["reconnects"] += 1
                     logger.info("Redis at %s: subscription restored", self._where)
                 self._subscribed = True
+                if attempt:
+                    self._presence.wake()  # Redis may have restarted empty: re-register
                 attempt = 0
                 if self._ready is not None:
                     self._ready.set()
