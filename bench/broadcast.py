@@ -47,10 +47,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import os
 import resource
 import select
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -199,11 +204,11 @@ class AppRoom:
     path = "/ws"
     join_frame = masked_text_frame('{"type":"join","room":"bench"}')
 
-    def __init__(self) -> None:
+    def __init__(self, broker: Any = None) -> None:
         """An App with no rate limit or idle timeout (the load side only listens)."""
         from tidewire.realtime import App
 
-        self.app = App(rate_limits=None, idle_timeout=None, max_connections=None)
+        self.app = App(rate_limits=None, idle_timeout=None, max_connections=None, broker=broker)
         self.server: Any = None
 
     async def start(self, host: str) -> int:
@@ -228,14 +233,79 @@ class AppRoom:
         self.server.close()
 
 
+class RedisWorkerRoom(AppRoom):
+    """One worker of ``tidewire-app-2w``: an AppRoom on a RedisBroker, its port shared.
+
+    Both workers listen on the same port with SO_REUSEPORT, so the kernel
+    spreads the clients over them (about half each); an ``emit_room`` on one
+    worker writes to its own members at once and PUBLISHes once to Redis, and
+    the other worker writes the same envelope to its members.  Each worker
+    counts its local fan-outs of bench messages and times the last one, so the
+    coordinator knows when the second half of the room has been written.
+    """
+
+    def __init__(self, redis_url: str, port: int) -> None:
+        """An AppRoom on ``RedisBroker(redis_url)`` that will listen on ``port``."""
+        from tidewire.realtime.brokers import RedisBroker
+
+        super().__init__(broker=RedisBroker(redis_url, prefix="bench:"))
+        self.port = port
+        self.fanned = 0
+        self.last_fanout = 0.0
+        hub = self.app.hub
+        metrics = hub.on_broadcast
+
+        def counted(ready: list[Any], text: str) -> None:
+            if metrics is not None:
+                metrics(ready, text)
+            if text.startswith('{"type":"bench"'):
+                self.fanned += 1
+                self.last_fanout = time.monotonic()
+
+        hub.on_broadcast = counted
+
+    async def start(self, host: str) -> int:
+        """Serve the App on the shared port (SO_REUSEPORT)."""
+        self.server = await self.app.serve(
+            host,
+            self.port,
+            reuse_port=True,
+            compression=False,
+            ping_interval=None,
+            open_timeout=None,
+        )
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and close the broker's Redis connections."""
+        self.server.close()
+        await self.app.close()
+
+
 #: Server kinds by --server name.  Interleaved in this order within each repeat.
+#: For the multi-process kinds the class only gives the clients' path and join frame.
 SERVERS: dict[str, Callable[[], RoomServer]] = {
     "tidewire": TidewireRoom,
     "websockets": WebsocketsRoom,
     "tidewire-app": AppRoom,
+    "tidewire-app-2w": AppRoom,
 }
+#: Kinds served by a redis-server and two RedisWorkerRoom processes (coordinator_main).
+TWO_WORKER_KINDS = frozenset({"tidewire-app-2w"})
 #: The kind the others are compared against in the ratio lines.
 BASELINE = "websockets"
+#: Further ratio lines: kind -> the kind it is compared against.
+COMPARED = {"tidewire-app-2w": "tidewire-app"}
+#: Cores of (redis-server, worker 1, worker 2) per --pin-2w; the load is always on core 1.
+PINNING = {"shared": ("0", "0", "0"), "split": ("0", "0", "1")}
+PIN_NOTES = {
+    "shared": "the server side gets the one core every other kind gets, so the "
+    "difference to tidewire-app is the cost of the split alone (Redis, two event "
+    "loops, context switches); it cannot show a gain from the second worker",
+    "split": "the workers run in parallel, but worker 2 shares core 1 with the load "
+    "process, so both slow each other down: an upper bound on the split's cost, "
+    "not a measure of 2-core scaling",
+}
 
 
 # ---------------------------------------------------------------------------- common
@@ -261,41 +331,35 @@ def make_messages(count: int, size: int) -> list[str]:
 
 
 async def server_main(args: argparse.Namespace) -> None:
-    """Serve the room and a control port; broadcast when the load side says so."""
+    """Serve the room and a control port; broadcast when the load side says so.
+
+    The control connection takes one JSON line per order: ``{"op": "status"}``
+    answers the room's size and fan-out counters at once (the 2-worker
+    coordinator polls it); any other line is a broadcast order, answered with
+    the broadcast times.  The process exits when the connection closes.
+    """
     raise_fd_limit(args.clients + FD_SPARE)
-    room = SERVERS[args.kind]()
+    room: Any = (
+        RedisWorkerRoom(args.redis, args.listen_port) if args.redis else SERVERS[args.kind]()
+    )
     port = await room.start(HOST)
     finished = asyncio.Event()
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            order = json.loads(await reader.readline())
-            clients, messages = order["clients"], make_messages(order["messages"], order["size"])
-            per_turn = order["per_turn"]
-            async with asyncio.timeout(args.timeout):
-                while room.members() < clients:
-                    await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)  # let the last handlers settle
-            rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            sent: list[float] = []
-            for i, message in enumerate(messages, 1):
-                sent.append(time.monotonic())
-                result = room.broadcast(message)
-                if result is not None:
-                    await result
-                if i % per_turn == 0 or i == len(messages):
-                    await asyncio.sleep(0)  # per_turn broadcasts per loop iteration
-            end = time.monotonic()
-            reply = {
-                "sent": sent,
-                "end": end,
-                "members": room.members(),
-                "rss_start_kib": rss_start,
-                "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            }
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
-            await reader.read()  # the load side closes when it is done
+            while line := await reader.readline():
+                order = json.loads(line)
+                if order.get("op") == "status":
+                    reply = {
+                        "members": room.members(),
+                        "fanned": getattr(room, "fanned", 0),
+                        "last_fanout": getattr(room, "last_fanout", 0.0),
+                        "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                    }
+                else:
+                    reply = await broadcast_all(room, order, args.timeout)
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
         finally:
             writer.close()
             finished.set()
@@ -309,6 +373,199 @@ async def server_main(args: argparse.Namespace) -> None:
     finally:
         control_server.close()
         await room.stop()
+
+
+async def broadcast_all(room: Any, order: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Wait for the room to fill (``wait_members``, default every client), then broadcast."""
+    messages = make_messages(order["messages"], order["size"])
+    per_turn = order["per_turn"]
+    async with asyncio.timeout(timeout):
+        while room.members() < order.get("wait_members", order["clients"]):
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # let the last handlers settle
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sent: list[float] = []
+    for i, message in enumerate(messages, 1):
+        sent.append(time.monotonic())
+        result = room.broadcast(message)
+        if result is not None:
+            await result
+        if i % per_turn == 0 or i == len(messages):
+            await asyncio.sleep(0)  # per_turn broadcasts per loop iteration
+    end = time.monotonic()
+    return {
+        "sent": sent,
+        "end": end,
+        "members": room.members(),
+        "rss_start_kib": rss_start,
+        "rss_peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+
+
+# ----------------------------------------------------------- two workers on one Redis
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis(core: str, timeout: float) -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on ``core`` (no persistence); return it and its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("tidewire-app-2w needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            *("taskset", "-c", core, binary, "--port", str(port), "--bind", HOST),
+            *("--save", "", "--appendonly", "no", "--loglevel", "warning"),
+        ],
+        stdout=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, f"redis://{HOST}:{port}/0"
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"redis-server not up within {timeout}s")
+        time.sleep(0.02)
+
+
+def die_with_parent() -> None:
+    """In a child: SIGKILL it when its parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """Wait ``grace`` seconds for ``proc`` to exit by itself, then SIGTERM, then SIGKILL."""
+    for step in (None, proc.terminate, proc.kill):
+        if step is not None:
+            step()
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+async def ask(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], order: Any) -> Any:
+    """Send one JSON line on a worker's control connection; return its JSON answer."""
+    reader, writer = conn
+    writer.write(json.dumps(order).encode() + b"\n")
+    await writer.drain()
+    line = await reader.readline()
+    if not line:
+        raise RuntimeError("a worker closed its control connection")
+    return json.loads(line)
+
+
+async def coordinator_main(args: argparse.Namespace) -> None:
+    """``tidewire-app-2w``: a redis-server and two App workers on one port (SO_REUSEPORT).
+
+    Prints the shared port and its own control port, like a single server.  On
+    the load's order it waits until the two workers' rooms hold every client
+    together, has worker 1 run the broadcasts (``emit_room`` reaches worker 2
+    through Redis), waits until worker 2 has fanned out every message, and
+    answers worker 1's broadcast times with the members and peak RSS of both.
+    """
+    redis_core, *worker_cores = PINNING[args.pin_2w]
+    redis, url = start_redis(redis_core, 10.0)
+    workers: list[subprocess.Popen[str]] = []
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    try:
+        # Hold the port (bound, not listening) until both workers listen on it too.
+        with socket.socket() as hold:
+            hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            hold.bind((HOST, 0))
+            port = int(hold.getsockname()[1])
+            me = [sys.executable, os.path.abspath(__file__)]
+            common = ["--clients", str(args.clients), "--timeout", str(args.timeout)]
+            for core in worker_cores:
+                workers.append(
+                    subprocess.Popen(
+                        [
+                            *("taskset", "-c", core, *me, "_server", "--kind", args.kind),
+                            *("--redis", url, "--listen-port", str(port), *common),
+                        ],
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        preexec_fn=die_with_parent,
+                    )
+                )
+            for worker in workers:
+                ports = json.loads(read_line(worker, 30))
+                conns.append(await asyncio.open_connection(HOST, ports["control"]))
+        finished = asyncio.Event()
+
+        async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                order = json.loads(await reader.readline())
+                status = {"op": "status"}
+                async with asyncio.timeout(args.timeout):
+                    while True:
+                        counts = [(await ask(c, status))["members"] for c in conns]
+                        if sum(counts) >= order["clients"]:
+                            break
+                        await asyncio.sleep(0.05)
+                rss_start = sum([(await ask(c, status))["rss_peak_kib"] for c in conns])
+                first = await ask(conns[0], {**order, "wait_members": 0})
+                async with asyncio.timeout(args.timeout):
+                    while (second := await ask(conns[1], status))["fanned"] < order["messages"]:
+                        await asyncio.sleep(0.05)
+                own = await ask(conns[0], status)
+                reply = {
+                    "sent": first["sent"],
+                    "end": max(first["end"], second["last_fanout"]),
+                    "members": own["members"] + second["members"],
+                    "workers": [own["members"], second["members"]],
+                    # When each worker made its last fan-out call, from the first broadcast.
+                    "worker_s": [
+                        t - first["sent"][0] for t in (first["end"], second["last_fanout"])
+                    ],
+                    "rss_start_kib": rss_start,
+                    "rss_peak_kib": own["rss_peak_kib"] + second["rss_peak_kib"],
+                }
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+                await reader.read()  # the load side closes when it is done
+            finally:
+                writer.close()
+                finished.set()
+
+        control_server = await asyncio.start_server(control, HOST, 0)
+        control_port = control_server.sockets[0].getsockname()[1]
+        print(json.dumps({"port": port, "control": control_port}), flush=True)
+        try:
+            async with asyncio.timeout(args.timeout * 3):
+                await finished.wait()
+        finally:
+            control_server.close()
+    finally:
+        for _, writer in conns:
+            writer.close()  # a worker exits when its control connection closes
+        for worker in workers:
+            stop_process(worker)
+        redis.kill()
+        redis.wait(timeout=10)
 
 
 # ------------------------------------------------------------------------ load process
@@ -506,6 +763,8 @@ async def load_main(args: argparse.Namespace) -> None:
         "p50_ms": 1000 * percentile(latencies, 50),
         "p99_ms": 1000 * percentile(latencies, 99),
         "max_ms": 1000 * latencies[-1],
+        "workers": reply.get("workers"),
+        "worker_s": reply.get("worker_s"),
     }
     print(json.dumps(result), flush=True)
     for counter in counters + slow:
@@ -538,8 +797,9 @@ def run_once(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """One run: server on core 0, load on core 1; return the load side's result."""
     common = ["--clients", str(args.clients), "--timeout", str(args.timeout)]
     me = [sys.executable, os.path.abspath(__file__)]
+    extra = ["--pin-2w", args.pin_2w] if kind in TWO_WORKER_KINDS else []
     server = subprocess.Popen(
-        ["taskset", "-c", "0", *me, "_server", "--kind", kind, *common],
+        ["taskset", "-c", "0", *me, "_server", "--kind", kind, *common, *extra],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -559,13 +819,9 @@ def run_once(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         )
         return dict(json.loads(load.stdout.strip().splitlines()[-1]))
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=10)
+        # The server exits once the load closed its control connection; the 2-worker
+        # coordinator then stops its workers and redis-server, so it gets time to.
+        stop_process(server)
 
 
 COLUMNS = (
@@ -580,7 +836,7 @@ COLUMNS = (
     "members",
 )
 HEADER = (
-    f"{'run':>4} {'server':<12}{'setup_s':>8}{'server_s':>9}{'total_s':>8}"
+    f"{'run':>4} {'server':<16}{'setup_s':>8}{'server_s':>9}{'total_s':>8}"
     f"{'deliveries/s':>14}{'p50_ms':>9}{'p99_ms':>9}{'max_ms':>9}{'peak_MiB':>9}{'members':>8}"
 )
 
@@ -588,7 +844,7 @@ HEADER = (
 def row(label: str, kind: str, r: dict[str, float]) -> str:
     """One table line."""
     return (
-        f"{label:>4} {kind:<12}{r['setup_s']:>8.2f}{r['server_s']:>9.3f}{r['total_s']:>8.3f}"
+        f"{label:>4} {kind:<16}{r['setup_s']:>8.2f}{r['server_s']:>9.3f}{r['total_s']:>8.3f}"
         f"{r['deliveries_per_s']:>14,.0f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['max_ms']:>9.1f}"
         f"{r['rss_peak_kib'] / 1024:>9.1f}{r.get('members', 0):>8.0f}"
     )
@@ -605,6 +861,14 @@ def driver(args: argparse.Namespace) -> None:
         f"interleaved; python {sys.version.split()[0]}",
         flush=True,
     )
+    if TWO_WORKER_KINDS.intersection(kinds):
+        redis_core, core1, core2 = PINNING[args.pin_2w]
+        print(
+            f"tidewire-app-2w (--pin-2w {args.pin_2w}): redis-server on core {redis_core}, "
+            f"worker 1 on core {core1}, worker 2 on core {core2}, load on core 1; "
+            + PIN_NOTES[args.pin_2w],
+            flush=True,
+        )
     print(HEADER, flush=True)
     results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     for rep in range(1, args.repeat + 1):
@@ -614,7 +878,11 @@ def driver(args: argparse.Namespace) -> None:
             if r["complete"] != args.clients - args.slow or r["members"] < r["complete"]:
                 raise SystemExit(f"{kind}: incomplete run {r}")
             results[kind].append(r)
-            print(row(str(rep), kind, r), flush=True)
+            split = ""
+            if r["workers"]:
+                (n1, n2), (s1, s2) = r["workers"], r["worker_s"]
+                split = f"  (worker 1: {n1} clients, done {s1:.3f} s; worker 2: {n2}, {s2:.3f} s)"
+            print(row(str(rep), kind, r) + split, flush=True)
     print("medians:")
     medians = {
         kind: {c: statistics.median(r[c] for r in runs) for c in COLUMNS}
@@ -622,20 +890,19 @@ def driver(args: argparse.Namespace) -> None:
     }
     for kind, m in medians.items():
         print(row("med", kind, m))
-    if BASELINE in medians:
-        base = medians[BASELINE]
-        for kind, m in medians.items():
-            if kind == BASELINE:
-                continue
-            rate = m["deliveries_per_s"] / base["deliveries_per_s"]
-            print(
-                f"ratio {kind}/{BASELINE}: deliveries/s x{rate:.2f}"
-                f", server_s x{m['server_s'] / base['server_s']:.2f}"
-                f", p50 x{m['p50_ms'] / base['p50_ms']:.2f}"
-                f", p99 x{m['p99_ms'] / base['p99_ms']:.2f}"
-                f", max x{m['max_ms'] / base['max_ms']:.2f}"
-                " (deliveries: higher is better; times: lower is better)"
-            )
+    pairs = [(kind, BASELINE) for kind in medians if kind != BASELINE and BASELINE in medians]
+    pairs += [(kind, base) for kind, base in COMPARED.items() if {kind, base} <= medians.keys()]
+    for kind, against in pairs:
+        m, base = medians[kind], medians[against]
+        rate = m["deliveries_per_s"] / base["deliveries_per_s"]
+        print(
+            f"ratio {kind}/{against}: deliveries/s x{rate:.2f}"
+            f", server_s x{m['server_s'] / base['server_s']:.2f}"
+            f", p50 x{m['p50_ms'] / base['p50_ms']:.2f}"
+            f", p99 x{m['p99_ms'] / base['p99_ms']:.2f}"
+            f", max x{m['max_ms'] / base['max_ms']:.2f}"
+            " (deliveries: higher is better; times: lower is better)"
+        )
 
 
 def main() -> None:
@@ -652,15 +919,26 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per phase")
+    parser.add_argument(
+        "--pin-2w",
+        choices=list(PINNING),
+        default="shared",
+        help="tidewire-app-2w: every server process on core 0 (shared, default) "
+        "or worker 2 on core 1 with the load (split)",
+    )
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--control", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--redis", help=argparse.SUPPRESS)  # a 2-worker kind's worker
+    parser.add_argument("--listen-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.size < 8:
         parser.error("--size must be at least 8")
     if args.per_turn < 1 or args.messages < 1 or args.clients < 1:
         parser.error("--per-turn, --messages and --clients must be at least 1")
-    if args.role == "_server":
+    if args.role == "_server" and args.kind in TWO_WORKER_KINDS and not args.redis:
+        asyncio.run(coordinator_main(args))
+    elif args.role == "_server":
         asyncio.run(server_main(args))
     elif args.role == "_load":
         asyncio.run(load_main(args))

@@ -86,7 +86,8 @@ async def test_two_users_on_different_workers_chat(tmp_path: Path, redis: RedisS
             bob, bob_node = await on_other_worker(stack, url, "bob", "b" * 16, ann_node)
             assert ann_node != bob_node
             await ann.join("general")
-            await bob.join("general")
+            joined = await bob.join("general")
+            assert joined["members"] == ["ann", "bob"]  # presence is cluster-wide
             assert (await ann.receive("userJoined"))["user"] == "bob"
             await bob.send({"type": "chat", "room": "general", "text": "hi from worker 2"})
             for client in (ann, bob):
