@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from tidewire.apps.chat.web import add_routes
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-README_SHOT = Path(__file__).resolve().parents[2] / "docs" / "chat.png"
 XSS = "<img src=x onerror=alert(1)>"
 
 
@@ -120,10 +118,10 @@ async def test_two_users_chat_in_the_browser(chat: ChatServer, browser: Browser)
     assert await bob.locator("#messages img").count() == 0
     assert await ann.locator("#messages img").count() == 0
 
+    # The test artifact; docs/chat.png (in README) is a copy of one, kept in git.
     ARTIFACTS.mkdir(exist_ok=True)
     await ann.screenshot(path=str(ARTIFACTS / "chat.png"))
-    README_SHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(ARTIFACTS / "chat.png", README_SHOT)
+    assert (ARTIFACTS / "chat.png").stat().st_size > 1000
 
     # Reloading shows the history.
     await bob.reload()
