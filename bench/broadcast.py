@@ -33,6 +33,24 @@ once per client and iteration, websockets once per client and message.  Both
 servers: compression off, keepalive pings off.  Every wait is bounded
 (``--timeout``); everything runs on 127.0.0.1.
 
+Two workers behind Redis (``--server tidewire-app-2w``): the "server" process is a
+coordinator that starts a throwaway redis-server (no persistence, loopback) and two
+``tidewire-app`` workers, each an App on a ``RedisBroker`` listening on the same
+port with SO_REUSEPORT, so the kernel spreads the clients over them (about half
+each; the run line shows the split).  Clients join over the wire as for
+``tidewire-app``.  On the load's order the coordinator waits until both rooms
+together hold every client, then worker 1 runs the broadcast loop: each
+``emit_room`` writes to worker 1's members, then PUBLISHes once to Redis and awaits
+the reply; worker 2 gets the message from its subscription and writes it to its
+members.  Latency is still measured from worker 1's broadcast start; server_s ends
+at the later of worker 1's last broadcast and worker 2's last fan-out (the run line
+shows both); peak RSS is both workers'.  Pinning (``--pin-2w``), with the load on
+core 1 throughout: ``shared`` (default) puts redis-server and both workers on core 0,
+the one core every other kind gets, so the difference to ``tidewire-app`` is the
+cost of the split alone; ``split`` moves worker 2 to core 1, where it runs in
+parallel with worker 1 but competes with the load process.  A 2-core machine
+cannot give two workers and the load a core each, so neither shows clean scaling.
+
 File descriptors: each of the server and load processes holds one socket per client
 plus a few; the soft RLIMIT_NOFILE is raised to the hard one (20,000 here) and a run
 that would not fit is refused.
@@ -41,6 +59,7 @@ Usage::
 
     python bench/broadcast.py                      # 10,000 clients, both servers, 3 runs each
     python bench/broadcast.py --clients 1000 --repeat 5 --server tidewire
+    python bench/broadcast.py --server tidewire-app --server tidewire-app-2w  # needs redis-server
 """
 
 from __future__ import annotations
@@ -303,8 +322,8 @@ PIN_NOTES = {
     "difference to tidewire-app is the cost of the split alone (Redis, two event "
     "loops, context switches); it cannot show a gain from the second worker",
     "split": "the workers run in parallel, but worker 2 shares core 1 with the load "
-    "process, so both slow each other down: an upper bound on the split's cost, "
-    "not a measure of 2-core scaling",
+    "process, so neither gets a whole core and the load timestamps arrivals late: "
+    "a hint of what a second core buys, not a measure of 2-core scaling",
 }
 
 
