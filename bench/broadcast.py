@@ -22,6 +22,12 @@ Three processes (this is a 2-core machine):
   per ``data_received`` (``time.monotonic``: CLOCK_MONOTONIC, the same clock in both
   processes).
 
+Joining (the App kinds): each client sends its ``join`` right after the upgrade and
+waits for the answer before giving its connection slot to the next one, so at most
+64 joins are in flight; a join answered with ``error`` (a RedisBroker under a join
+storm answers ``broker_unavailable``) is sent again after a short pause, up to 20
+times, and the run line counts the retries.  setup_s includes the joins.
+
 Trigger and pacing: once every client is upgraded, the load process writes one JSON
 line to the control port; the server waits until the room holds every client, then
 broadcasts the messages one per event-loop iteration (``await asyncio.sleep(0)``
@@ -87,6 +93,8 @@ HOST = "127.0.0.1"
 CONNECT_CONCURRENCY = 64
 #: Descriptors each process needs besides one socket per client.
 FD_SPARE = 64
+#: Times a client sends its join when the App answers ``error`` (e.g. broker_unavailable).
+JOIN_ATTEMPTS = 20
 
 
 # ---------------------------------------------------------------------- server kinds
@@ -593,7 +601,10 @@ async def coordinator_main(args: argparse.Namespace) -> None:
 class Counter(asyncio.Protocol):
     """One client: upgrade, then count complete data messages, nothing else."""
 
-    __slots__ = ("load", "transport", "opened", "head", "buf", "skip", "pending", "count")
+    __slots__ = (
+        *("load", "transport", "opened", "head", "buf", "skip", "pending", "count"),
+        *("answer", "seen"),
+    )
 
     def __init__(self, load: Load) -> None:
         """Report to ``load``."""
@@ -605,6 +616,16 @@ class Counter(asyncio.Protocol):
         self.skip = 0  # bytes of the current frame still to come
         self.pending = False  # whether the current frame ends a data message
         self.count = 0
+        self.answer: asyncio.Future[bool] | None = None  # a join waiting for its reply
+        self.seen = b""  # what arrived since the join was sent
+
+    def join(self, frame: bytes) -> asyncio.Future[bool]:
+        """Send the join ``frame``; the future is True on ``joined``, False on ``error``."""
+        assert self.transport is not None
+        self.answer = self.load.loop.create_future()
+        self.seen = b""
+        self.transport.write(frame)
+        return self.answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Send the upgrade request."""
@@ -634,6 +655,12 @@ class Counter(asyncio.Protocol):
             data = head[end + 4 :]
             if not data:
                 return
+        if self.answer is not None:  # only while joining: a few small frames
+            seen = self.seen = self.seen + data
+            joined = b'"type":"joined"' in seen
+            if joined or b'"type":"error"' in seen:
+                self.answer.set_result(joined)
+                self.answer, self.seen = None, b""
         n = len(data)
         pos = self.skip
         if pos:
@@ -703,6 +730,7 @@ class Load:
         self.last = [0.0] * messages
         self.size = 0  # payload bytes of a broadcast message
         self.finished = 0
+        self.join_retries = 0
         self.all_done = asyncio.Event()
         self.request = b""
 
@@ -733,9 +761,14 @@ async def load_main(args: argparse.Namespace) -> None:
         async with gate:
             _, counter = await loop.create_connection(lambda: Counter(load), HOST, args.port)
             await counter.opened
-            if kind.join_frame:
-                assert counter.transport is not None
-                counter.transport.write(kind.join_frame)
+            for attempt in range(JOIN_ATTEMPTS if kind.join_frame else 0):
+                if await counter.join(kind.join_frame):
+                    break
+                load.join_retries += 1
+                await asyncio.sleep(0.05 * (attempt + 1))
+            else:
+                if kind.join_frame:
+                    raise RuntimeError(f"a join was refused {JOIN_ATTEMPTS} times")
             if len(slow) < args.slow:
                 slow.append(counter)
             else:
@@ -784,6 +817,7 @@ async def load_main(args: argparse.Namespace) -> None:
         "max_ms": 1000 * latencies[-1],
         "workers": reply.get("workers"),
         "worker_s": reply.get("worker_s"),
+        "join_retries": load.join_retries,
     }
     print(json.dumps(result), flush=True)
     for counter in counters + slow:
@@ -897,10 +931,10 @@ def driver(args: argparse.Namespace) -> None:
             if r["complete"] != args.clients - args.slow or r["members"] < r["complete"]:
                 raise SystemExit(f"{kind}: incomplete run {r}")
             results[kind].append(r)
-            split = ""
+            split = f"  ({r['join_retries']} joins retried)" if r["join_retries"] else ""
             if r["workers"]:
                 (n1, n2), (s1, s2) = r["workers"], r["worker_s"]
-                split = f"  (worker 1: {n1} clients, done {s1:.3f} s; worker 2: {n2}, {s2:.3f} s)"
+                split += f"  (worker 1: {n1} clients, done {s1:.3f} s; worker 2: {n2}, {s2:.3f} s)"
             print(row(str(rep), kind, r) + split, flush=True)
     print("medians:")
     medians = {
