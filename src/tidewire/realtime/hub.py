@@ -239,9 +239,7 @@ class Hub:
                 if session.id != exclude:
                     self.deliveries += session.send(text, policy=policy)
             return
-        ready = [
-            s.ws for s in sessions if s.id != exclude and not s.closing and s.admit(text, policy)
-        ]
+        ready = [s.ws for s in sessions if s.id != exclude and s.admit(text, policy)]
         if ready:
             self.deliveries += transport.broadcast(ready, text)
             if self.on_broadcast is not None:
